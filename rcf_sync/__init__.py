@@ -1,0 +1,40 @@
+"""rcf_sync: Twisted's ReconnectingClientFactory for synchronous Python.
+
+A client connection that re-establishes itself with Twisted's exponential
+back-off and jitter, run by a background thread or gevent greenlet, handed to
+blocking code as a plain socket.
+"""
+
+from ._errors import (
+    AlreadyCalled,
+    AlreadyCancelled,
+    ClientClosed,
+    ConnectionLost,
+    ConnectTimeout,
+    GaveUp,
+    NotConnectingError,
+    RCFError,
+)
+from ._factory import ReconnectingClientFactory
+from ._state import State
+from ._version import __version__
+
+__all__ = [
+    "ReconnectingClientFactory",
+    "State",
+    "RCFError",
+    "ConnectionLost",
+    "ConnectTimeout",
+    "GaveUp",
+    "ClientClosed",
+    "NotConnectingError",
+    "AlreadyCalled",
+    "AlreadyCancelled",
+    "__version__",
+]
+
+for _name in __all__:
+    _obj = globals()[_name]
+    if isinstance(_obj, type):
+        _obj.__module__ = __name__
+del _name, _obj

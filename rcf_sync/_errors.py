@@ -1,0 +1,72 @@
+"""The exceptions rcf_sync raises.
+
+Every error is an :class:`RCFError` and also the standard-library type a
+caller already catches (``ConnectionError``, ``TimeoutError``), carries the
+``destination`` it concerns and the ``reason`` (usually the underlying
+exception), and pickles with both.
+"""
+
+__all__ = [
+    "RCFError",
+    "ConnectionLost",
+    "ConnectTimeout",
+    "GaveUp",
+    "ClientClosed",
+    "NotConnectingError",
+    "AlreadyCalled",
+    "AlreadyCancelled",
+]
+
+
+class RCFError(Exception):
+    """Root of every rcf_sync error.
+
+    ``destination`` names what the error concerns (``"127.0.0.1:8080"``, a
+    Unix path, a client's name) and ``reason`` holds the cause, when there is
+    one. The message always names both.
+    """
+
+    def __init__(self, message="", destination=None, reason=None):
+        super().__init__(message)
+        self.message = message
+        self.destination = destination
+        self.reason = reason
+
+    def __str__(self):
+        return self.message
+
+    def __reduce__(self):
+        return (type(self), (self.message, self.destination, self.reason))
+
+
+class ConnectionLost(RCFError, ConnectionError):
+    """The connection in use died; the request on it may or may not have
+    reached the peer. The client is already reconnecting."""
+
+
+class ConnectTimeout(RCFError, TimeoutError):
+    """A wait for a connection ran out of time (a caller's ``timeout=`` or a
+    connect attempt's own timeout)."""
+
+
+class GaveUp(RCFError):
+    """The client stopped trying (``maxRetries``, ``maxElapsed``,
+    ``fail_after_failures`` or ``stop_trying()``), so no connection will come."""
+
+
+class ClientClosed(RCFError):
+    """The client was closed; it will never connect again."""
+
+
+class NotConnectingError(RCFError, RuntimeError):
+    """``stopConnecting()`` was called while no connection attempt was in
+    progress (Twisted's ``twisted.internet.error.NotConnectingError``)."""
+
+
+class AlreadyCalled(RCFError, ValueError):
+    """A delayed call that already ran was cancelled or rescheduled."""
+
+
+class AlreadyCancelled(RCFError, ValueError):
+    """A delayed call that was already cancelled was cancelled or
+    rescheduled."""

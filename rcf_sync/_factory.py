@@ -1,0 +1,276 @@
+"""``ReconnectingClientFactory``: Twisted's reconnection policy, faithfully.
+
+The class mirrors ``twisted.internet.protocol.ReconnectingClientFactory``
+(Twisted 26.10) attribute for attribute, including its quirks; the
+differences are opt-in (keyword arguments with validation, ``jitterMode``,
+``maxElapsed``, ``rng``) and leave the default path untouched. It talks only
+to an ``IReactorTime``-shaped clock and an ``IConnector``-shaped connector,
+so it runs the same under our clocks, a ``FakeClock`` or Twisted's own.
+"""
+
+import logging
+import random
+
+from ._errors import NotConnectingError
+from ._policy import jittered_delay, validate_policy_value
+
+__all__ = ["ReconnectingClientFactory"]
+
+log = logging.getLogger("rcf_sync")
+
+# Attributes the constructor accepts as keyword arguments.
+_SETTABLE = (
+    "maxDelay", "initialDelay", "factor", "jitter", "maxRetries", "noisy",
+    "clock", "jitterMode", "maxElapsed", "rng", "delay", "protocol",
+)
+
+# State that retries mutate: never pickled (Twisted's list, then ours).
+_TRANSIENT = ("connector", "retries", "delay", "continueTrying", "_callID", "clock")
+_TRANSIENT_EXTRA = ("_failingSince", "_lastWait")
+
+
+def _default_clock():
+    from ._backends import default_clock
+
+    return default_clock()
+
+
+class ReconnectingClientFactory:
+    """Reconnect with exponential back-off and jitter, exactly as Twisted does.
+
+    The defaults, the order of operations in :meth:`retry` and the log
+    messages are Twisted's. Keyword arguments set the attributes of the same
+    name after validating them (``ValueError`` naming the attribute); passing
+    ``initialDelay`` also sets the starting ``delay`` unless ``delay`` is
+    given (Twisted, where ``delay`` is fixed when the class is created, would
+    keep 1.0).
+
+    Added, opt-in:
+
+    ``jitterMode``
+        ``"twisted"`` (default), ``"full"``, ``"equal"`` or
+        ``"decorrelated"``; see :mod:`rcf_sync._policy` and README.rst.
+    ``maxElapsed``
+        seconds of consecutive failure (on :attr:`clock`) after which trying
+        stops as if ``maxRetries`` had run out: no attempt is scheduled to
+        start later than that many seconds after the first failure.
+    ``rng``
+        the source of randomness (a ``random.Random``); ``None`` uses the
+        module-level ``random`` functions, as Twisted does, so that
+        ``random.seed()`` reproduces Twisted's delays.
+
+    Not thread-safe: a client calls it from its background only. Subclasses
+    may override :meth:`clientConnectionFailed`, :meth:`clientConnectionLost`,
+    :meth:`startedConnecting` and :meth:`retry` as with Twisted.
+    """
+
+    maxDelay = 3600
+    initialDelay = 1.0
+    factor = 2.7182818284590451  # math.e
+    jitter = 0.119626565582
+    delay = initialDelay
+    retries = 0
+    maxRetries = None
+    _callID = None
+    connector = None
+    clock = None
+    continueTrying = 1
+
+    # From Twisted's Factory/ClientFactory.
+    protocol = None
+    numPorts = 0
+    noisy = True
+
+    # Beyond Twisted.
+    jitterMode = "twisted"
+    maxElapsed = None
+    rng = None
+    _failingSince = None
+    _lastWait = None
+
+    def __init__(self, **kwargs):
+        for name in kwargs:
+            if name not in _SETTABLE:
+                raise TypeError(
+                    f"ReconnectingClientFactory() got an unexpected keyword argument {name!r}"
+                )
+        for name, value in kwargs.items():
+            setattr(self, name, validate_policy_value(name, value))
+        if "initialDelay" in kwargs and "delay" not in kwargs:
+            self.delay = self.initialDelay
+
+    def __repr__(self):
+        return "<%s initialDelay=%r factor=%r maxDelay=%r jitter=%r maxRetries=%r>" % (
+            type(self).__name__, self.initialDelay, self.factor, self.maxDelay,
+            self.jitter, self.maxRetries,
+        )
+
+    # -- Twisted's Factory/ClientFactory surface ------------------------------
+
+    def logPrefix(self):
+        """Describe this factory for log messages (its class name)."""
+        return self.__class__.__name__
+
+    def doStart(self):
+        """Count a user and call :meth:`startFactory` for the first one.
+
+        Called by the client before each connection attempt, as Twisted's
+        connectors do; not for applications to call."""
+        if not self.numPorts:
+            if self.noisy:
+                log.info("Starting factory %r", self)
+            self.startFactory()
+        self.numPorts = self.numPorts + 1
+
+    def doStop(self):
+        """Uncount a user and call :meth:`stopFactory` after the last one."""
+        if self.numPorts == 0:
+            return
+        self.numPorts = self.numPorts - 1
+        if not self.numPorts:
+            if self.noisy:
+                log.info("Stopping factory %r", self)
+            self.stopFactory()
+
+    def startFactory(self):
+        """Hook run before the first connection attempt; does nothing."""
+
+    def stopFactory(self):
+        """Hook run after the last connection ends; does nothing."""
+
+    def startedConnecting(self, connector):
+        """Hook called when a connection attempt starts; does nothing.
+
+        An override may call ``connector.stopConnecting()`` to abandon it."""
+
+    # -- the reconnection policy ---------------------------------------------
+
+    def clientConnectionFailed(self, connector, reason):
+        """A connection attempt failed: while trying, remember the connector
+        and :meth:`retry`."""
+        if self.continueTrying:
+            self.connector = connector
+            self.retry()
+
+    def clientConnectionLost(self, connector, unused_reason):
+        """An established connection was lost: while trying, remember the
+        connector and :meth:`retry`."""
+        if self.continueTrying:
+            self.connector = connector
+            self.retry()
+
+    def retry(self, connector=None):
+        """Schedule ``connector.connect()`` after the next back-off delay.
+
+        Does nothing (but log) after :meth:`stopTrying`. Raises
+        ``ValueError("no connector to retry")`` when neither the argument nor
+        :attr:`connector` names one. Counts the retry, abandons past
+        ``maxRetries`` (or ``maxElapsed``), applies the jitter, schedules the
+        call with ``clock.callLater`` (keeping the handle in ``_callID``) and
+        grows ``delay`` by ``factor`` up to ``maxDelay``.
+        """
+        if not self.continueTrying:
+            if self.noisy:
+                log.info("Abandoning %s on explicit request", connector)
+            return
+
+        if connector is None:
+            if self.connector is None:
+                raise ValueError("no connector to retry")
+            connector = self.connector
+
+        self.retries += 1
+        if self.maxRetries is not None and (self.retries > self.maxRetries):
+            if self.noisy:
+                log.info("Abandoning %s after %d retries.", connector, self.retries)
+            return
+
+        if self.clock is None:
+            self.clock = _default_clock()
+
+        if self.jitterMode == "twisted":
+            if self.jitter:
+                self.delay = (self.rng or random).normalvariate(
+                    self.delay, self.delay * self.jitter
+                )
+            wait = self.delay
+        else:
+            wait = jittered_delay(
+                self.jitterMode,
+                base=min(self.delay, self.maxDelay),
+                previous=self.initialDelay if self._lastWait is None else self._lastWait,
+                initial=self.initialDelay,
+                factor=self.factor,
+                max_delay=self.maxDelay,
+                rng=self.rng or random,
+            )
+            self._lastWait = wait
+
+        if self.maxElapsed is not None:
+            now = self.clock.seconds()
+            if self._failingSince is None:
+                self._failingSince = now
+            if now + wait - self._failingSince > self.maxElapsed:
+                if self.noisy:
+                    log.info(
+                        "Abandoning %s after %d retries: maxElapsed (%rs) reached.",
+                        connector, self.retries, self.maxElapsed,
+                    )
+                self._failingSince = -float("inf")
+                return
+
+        if self.noisy:
+            log.info("%s will retry in %d seconds", connector, wait)
+
+        def reconnector():
+            self._callID = None
+            connector.connect()
+
+        self._callID = self.clock.callLater(wait, reconnector)
+
+        self.delay = min(self.delay * self.factor, self.maxDelay)
+
+    def stopTrying(self):
+        """Stop reconnecting: cancel the pending retry, clear
+        ``continueTrying`` and call ``connector.stopConnecting()``, ignoring
+        :class:`~rcf_sync.NotConnectingError`."""
+        if self._callID:
+            self._callID.cancel()
+            self._callID = None
+        self.continueTrying = 0
+        if self.connector:
+            try:
+                self.connector.stopConnecting()
+            except NotConnectingError:
+                pass
+            except Exception as exc:
+                # A Twisted connector raises Twisted's own NotConnectingError.
+                if type(exc).__name__ != "NotConnectingError":
+                    raise
+
+    def resetDelay(self):
+        """Forget past failures: ``delay = initialDelay``, ``retries = 0``,
+        ``continueTrying = 1``. Like Twisted it drops ``_callID`` without
+        cancelling a pending retry."""
+        self.delay = self.initialDelay
+        self.retries = 0
+        self._callID = None
+        self.continueTrying = 1
+        if self._failingSince is not None or self._lastWait is not None:
+            self._failingSince = None
+            self._lastWait = None
+
+    def gaveUp(self):
+        """True when :meth:`retry` abandoned because ``maxRetries`` or
+        ``maxElapsed`` ran out (until :meth:`resetDelay`)."""
+        if self.maxRetries is not None and self.retries > self.maxRetries:
+            return True
+        return self._failingSince == -float("inf")
+
+    def __getstate__(self):
+        """Drop everything that attempts and failures mutate, so that an
+        unpickled factory behaves as this one did when new."""
+        state = self.__dict__.copy()
+        for key in _TRANSIENT + _TRANSIENT_EXTRA:
+            state.pop(key, None)
+        return state
