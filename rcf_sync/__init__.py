@@ -15,12 +15,29 @@ from ._errors import (
     NotConnectingError,
     RCFError,
 )
+from ._client import ReconnectingClient, Stats
+from ._connectors import (
+    Connector,
+    SocketFactoryConnector,
+    TCPAddress,
+    TCPConnector,
+    UNIXAddress,
+    UNIXConnector,
+)
 from ._factory import ReconnectingClientFactory
 from ._state import State
 from ._version import __version__
 
 __all__ = [
+    "ReconnectingClient",
     "ReconnectingClientFactory",
+    "Stats",
+    "Connector",
+    "TCPConnector",
+    "UNIXConnector",
+    "SocketFactoryConnector",
+    "TCPAddress",
+    "UNIXAddress",
     "State",
     "RCFError",
     "ConnectionLost",

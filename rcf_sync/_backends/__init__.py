@@ -1,6 +1,33 @@
-"""Backends: where the background work of clients runs."""
+"""Backends: where the background work of clients runs (see ``_base``)."""
 
-__all__ = ["default_clock"]
+from ._base import socket_is_patched
+
+__all__ = ["default_clock", "get_backend", "BACKENDS"]
+
+BACKENDS = ("auto", "thread", "gevent")
+
+
+def get_backend(name="auto"):
+    """Return the backend object for ``"thread"``, ``"gevent"`` or
+    ``"auto"`` (gevent when the socket module is monkey-patched).
+
+    ``ValueError`` for another name; ``ImportError`` with an install hint
+    when gevent is asked for but not installed."""
+    if not isinstance(name, str):
+        if hasattr(name, "start_attempt") and hasattr(name, "call_soon"):
+            return name
+        raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+    if name == "auto":
+        name = "gevent" if socket_is_patched() else "thread"
+    if name == "thread":
+        from ._thread import ThreadBackend
+
+        return ThreadBackend()
+    if name == "gevent":
+        from ._gevent import GeventBackend
+
+        return GeventBackend()
+    raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
 
 
 def default_clock():

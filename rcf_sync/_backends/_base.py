@@ -1,0 +1,107 @@
+"""What every backend provides, and the pieces backends share.
+
+A backend hands a client every concurrency primitive it needs, so client code
+never imports ``threading`` or ``gevent``:
+
+``clock``
+    its real ``IReactorTime`` clock (monotonic seconds).
+``lock()``, ``event()``
+    a mutual-exclusion lock and an event of the right kind.
+``acquire()`` / ``release()``
+    count a client using the backend; background machinery starts with the
+    first and is stopped (and joined) after the last.
+``call_soon(fn, *args)``
+    run ``fn`` on the backend's loop; thread-safe, never blocks.
+``start_attempt(steps, timeout, deliver)``
+    drive a connection-attempt generator (see ``_connectors``); call
+    ``deliver(sock, exc)`` on the loop when it ends; return a handle whose
+    ``cancel()`` abandons it (closing any socket it made).
+``watch_idle(sock, callback)``
+    call ``callback()`` on the loop when the peer may have closed or reset
+    ``sock``; returns a handle with ``pause()``, ``resume()``, ``close()``.
+``call_later_real(seconds, fn)``
+    a timer in real time, for attempt deadlines, independent of the client's
+    (possibly fake) back-off clock.
+"""
+
+import errno
+import logging
+import select
+import socket
+import sys
+
+__all__ = ["socket_is_patched", "original", "peer_gone", "log_negative_delay"]
+
+log = logging.getLogger("rcf_sync")
+
+
+def socket_is_patched():
+    """True when gevent has monkey-patched the ``socket`` module (looked up in
+    ``sys.modules``, never by importing gevent)."""
+    monkey = sys.modules.get("gevent.monkey")
+    return bool(monkey is not None and monkey.is_module_patched("socket"))
+
+
+def original(module, name):
+    """The standard library's ``module.name``, even under monkey-patching."""
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched(module):
+        return monkey.get_original(module, name)
+    return getattr(sys.modules.get(module) or __import__(module), name)
+
+
+_POLLRDHUP = getattr(select, "POLLRDHUP", 0)
+_DEAD_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.ENOTCONN}
+
+
+def peer_gone(sock):
+    """Without blocking, tell whether the peer of an idle ``sock`` has closed
+    or reset it (True), or whether it is open, possibly with unread data
+    (False)."""
+    try:
+        fd = sock.fileno()
+    except OSError:
+        return True
+    if fd < 0:
+        return True
+    try:
+        poll = original("select", "poll")
+    except AttributeError:
+        poll = None
+    if poll is not None and _POLLRDHUP:
+        p = poll()
+        p.register(fd, select.POLLIN | _POLLRDHUP)
+        events = p.poll(0)
+        if not events:
+            return False
+        mask = events[0][1]
+        if mask & (_POLLRDHUP | select.POLLHUP | select.POLLERR | select.POLLNVAL):
+            return True
+        return False
+    # Elsewhere: peek at the byte stream (not possible through TLS, which is
+    # then taken as alive).
+    if hasattr(sock, "context"):
+        return False
+    raw = original("socket", "socket")(fileno=socket.dup(fd))
+    try:
+        raw.setblocking(False)
+        return raw.recv(1, socket.MSG_PEEK) == b""
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        return exc.errno in _DEAD_ERRNOS or exc.errno is None
+    finally:
+        raw.close()
+
+
+_warned_negative = []
+
+
+def log_negative_delay(delay):
+    """Log, once per process, that a negative delay was run as zero."""
+    if not _warned_negative:
+        _warned_negative.append(True)
+        log.warning(
+            "callLater(%r): a negative delay (Twisted's Gaussian jitter can produce "
+            "one) runs at once; this is logged once", delay,
+        )

@@ -1,0 +1,376 @@
+"""Connectors: how a client makes a connection, in Twisted's IConnector shape.
+
+A connector is a value describing a destination (``TCPConnector``,
+``UNIXConnector``, or a plain socket factory wrapped by
+:class:`SocketFactoryConnector`). Once a client adopts it, its
+``connect()`` / ``stopConnecting()`` / ``disconnect()`` drive that client,
+as a Twisted connector drives its transport.
+
+Theory of operation: a connection attempt is written once, as a generator
+(``_attempt``) that does the non-blocking socket work itself and *yields*
+what it needs to wait for: ``("resolve", host, port, family)`` (name lookup),
+``("writable", sock)`` / ``("readable", sock)``, ``("tls", sock, connector)`` (wrap and
+handshake), ``("call", fn)`` (run blocking user code). Each backend drives
+the generator its own way (the thread backend from its selector loop, the
+gevent backend from a greenlet), so the address walk, socket options and
+clean-up on failure exist in one place only.
+"""
+
+import collections
+import errno
+import math
+import numbers
+import os
+import socket
+import ssl
+
+from ._errors import NotConnectingError
+
+__all__ = [
+    "Connector",
+    "TCPConnector",
+    "UNIXConnector",
+    "SocketFactoryConnector",
+    "TCPAddress",
+    "UNIXAddress",
+    "as_connector",
+]
+
+TCPAddress = collections.namedtuple("TCPAddress", "type host port")
+TCPAddress.__doc__ = "Where a TCP connector connects: ``('TCP', host, port)``."
+UNIXAddress = collections.namedtuple("UNIXAddress", "name")
+UNIXAddress.__doc__ = "Where a Unix connector connects: the socket's path."
+
+#: Connect timeout used when none is given, as Twisted's ``connectTCP``.
+DEFAULT_TIMEOUT = 30.0
+
+_IN_PROGRESS = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, getattr(errno, "WSAEWOULDBLOCK", -1)}
+
+
+def _check_timeout(timeout):
+    if timeout is None:
+        return None
+    if not isinstance(timeout, numbers.Real) or isinstance(timeout, bool):
+        raise ValueError(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if math.isnan(timeout) or timeout <= 0:
+        raise ValueError(f"timeout must be > 0, got {timeout!r}")
+    return float(timeout)
+
+
+def _check_ssl(ssl_context, server_hostname, default_hostname):
+    if ssl_context is None:
+        if server_hostname is not None:
+            raise ValueError("server_hostname given without an ssl_context")
+        return None
+    if not isinstance(ssl_context, ssl.SSLContext):
+        raise ValueError(f"ssl_context must be an ssl.SSLContext, got {ssl_context!r}")
+    if server_hostname is None:
+        server_hostname = default_hostname
+    return server_hostname
+
+
+def _check_options(socket_options):
+    options = tuple(tuple(opt) for opt in socket_options)
+    for opt in options:
+        if len(opt) != 3:
+            raise ValueError(f"socket_options entries must be (level, option, value), got {opt!r}")
+    return options
+
+
+class Connector:
+    """Base of the built-in connectors: Twisted's ``IConnector`` shape.
+
+    ``connect()``, ``stopConnecting()`` and ``disconnect()`` act on the client
+    that adopted the connector (a connector serves one client or pool); they
+    are thread-safe and never block.
+    """
+
+    timeout = DEFAULT_TIMEOUT
+    _owner = None
+
+    # -- IConnector -----------------------------------------------------------
+
+    def connect(self):
+        """Start a connection attempt now (what a scheduled retry calls)."""
+        self._require_owner().connector_connect(self)
+
+    def stopConnecting(self):
+        """Abandon the attempt in progress; :class:`~rcf_sync.NotConnectingError`
+        when there is none."""
+        owner = self._owner
+        if owner is None or not owner.connector_stop_connecting(self):
+            raise NotConnectingError(
+                f"not connecting to {self.describe()}", destination=self.describe()
+            )
+
+    def disconnect(self):
+        """Drop the current connection (the factory hears of the loss), or
+        abandon the attempt in progress."""
+        owner = self._owner
+        if owner is not None:
+            owner.connector_disconnect(self)
+
+    def getDestination(self):
+        """The address this connector connects to."""
+        raise NotImplementedError
+
+    # -- used by clients ------------------------------------------------------
+
+    def describe(self):
+        """A short text naming the destination, for messages and logs."""
+        raise NotImplementedError
+
+    def _adopt(self, owner):
+        if self._owner is not None and self._owner is not owner:
+            raise ValueError(f"{self!r} already serves {self._owner!r}; give each client its own connector")
+        self._owner = owner
+
+    def _release(self, owner):
+        if self._owner is owner:
+            self._owner = None
+
+    def _require_owner(self):
+        owner = self._owner
+        if owner is None:
+            raise RuntimeError(f"{self!r} is not used by any client")
+        return owner
+
+    def _attempt(self):
+        """Generator of one connection attempt; returns the connected socket."""
+        raise NotImplementedError
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.describe()}>"
+
+
+class _SocketConnector(Connector):
+    """Shared by TCP and Unix: option setting, the address walk, TLS."""
+
+    _ssl_context = None
+    _server_hostname = None
+    _socket_options = ()
+
+    def _addresses(self):
+        """Generator step(s) producing a list of getaddrinfo-style tuples."""
+        raise NotImplementedError
+
+    def _prepare(self, sock):
+        for level, option, value in self._socket_options:
+            sock.setsockopt(level, option, value)
+
+    def _attempt(self):
+        addresses = yield from self._addresses()
+        if not addresses:
+            raise OSError(f"no addresses for {self.describe()}")
+        last_error = None
+        for family, type_, proto, sockaddr in addresses:
+            sock = socket.socket(family, type_, proto)
+            try:
+                sock.setblocking(False)
+                self._prepare(sock)
+                err = sock.connect_ex(sockaddr)
+                if err in _IN_PROGRESS:
+                    yield ("writable", sock)
+                    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if err:
+                    raise OSError(err, f"{os.strerror(err)} ({self.describe()})")
+            except OSError as exc:
+                sock.close()
+                last_error = exc
+                continue
+            except BaseException:
+                sock.close()
+                raise
+            if self._ssl_context is not None:
+                try:
+                    sock = yield ("tls", sock, self)
+                except BaseException:
+                    sock.close()
+                    raise
+            return sock
+        raise last_error
+
+    def _tls_handshake(self, raw):
+        """Generator: wrap ``raw`` (non-blocking) and complete the handshake."""
+        tls = self._ssl_context.wrap_socket(
+            raw, server_hostname=self._server_hostname, do_handshake_on_connect=False
+        )
+        try:
+            while True:
+                try:
+                    tls.do_handshake()
+                    return tls
+                except ssl.SSLWantReadError:
+                    yield ("readable", tls)
+                except ssl.SSLWantWriteError:
+                    yield ("writable", tls)
+        except BaseException:
+            tls.close()
+            raise
+
+
+class TCPConnector(_SocketConnector):
+    """Connect over TCP to ``host:port``.
+
+    ``timeout``: seconds allowed for one attempt (connect and TLS handshake;
+    default 30, ``None`` for none). ``source_address``: ``(host, port)`` to
+    bind first. ``socket_options``: ``(level, option, value)`` triples set
+    before connecting. ``ssl_context``: an ``ssl.SSLContext``; certificates and
+    host names are verified as that context says (``ssl.create_default_context()``
+    verifies both), with ``server_hostname`` defaulting to ``host``.
+    ``keepalive``: TCP keepalive on the connection (default on), with
+    ``keepalive_idle``, ``keepalive_interval`` (seconds) and
+    ``keepalive_count`` (probes) where the platform supports them (Linux:
+    all three; macOS: idle; others: the system defaults).
+
+    Raises ``ValueError`` for a bad host, port, timeout or option.
+    """
+
+    def __init__(self, host, port, *, timeout=DEFAULT_TIMEOUT, source_address=None,
+                 ssl_context=None, server_hostname=None, socket_options=(),
+                 keepalive=True, keepalive_idle=None, keepalive_interval=None,
+                 keepalive_count=None):
+        if not isinstance(host, str) or not host or any(c.isspace() for c in host):
+            raise ValueError(f"host must be a non-empty host name or address, got {host!r}")
+        if not isinstance(port, numbers.Integral) or isinstance(port, bool) or not 0 < port < 65536:
+            raise ValueError(f"port must be an integer in 1..65535, got {port!r}")
+        if source_address is not None:
+            if not (isinstance(source_address, tuple) and len(source_address) == 2):
+                raise ValueError(f"source_address must be (host, port), got {source_address!r}")
+        for name, value in (("keepalive_idle", keepalive_idle),
+                            ("keepalive_interval", keepalive_interval),
+                            ("keepalive_count", keepalive_count)):
+            if value is not None and (not isinstance(value, numbers.Integral)
+                                      or isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        self.host = host.strip("[]")
+        self.port = int(port)
+        self.timeout = _check_timeout(timeout)
+        self.source_address = source_address
+        self._server_hostname = _check_ssl(ssl_context, server_hostname, self.host)
+        self._ssl_context = ssl_context
+        self._socket_options = _check_options(socket_options)
+        self.keepalive = bool(keepalive)
+        self._keepalive = (keepalive_idle, keepalive_interval, keepalive_count)
+
+    @property
+    def ssl_context(self):
+        return self._ssl_context
+
+    @property
+    def server_hostname(self):
+        return self._server_hostname
+
+    def getDestination(self):
+        return TCPAddress("TCP", self.host, self.port)
+
+    def describe(self):
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def _addresses(self):
+        try:
+            infos = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM, 0,
+                                       socket.AI_NUMERICHOST)
+        except socket.gaierror:
+            infos = yield ("resolve", self.host, self.port)
+        return [(af, st, proto, sa) for af, st, proto, _, sa in infos]
+
+    def _prepare(self, sock):
+        if sock.family in (socket.AF_INET, getattr(socket, "AF_INET6", None)):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.keepalive:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+                for value, name in zip(self._keepalive, ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT")):
+                    if value is not None and hasattr(socket, name):
+                        sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+                if self._keepalive[0] is not None and not hasattr(socket, "TCP_KEEPIDLE") \
+                        and hasattr(socket, "TCP_KEEPALIVE"):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPALIVE, self._keepalive[0])
+        super()._prepare(sock)
+        if self.source_address is not None:
+            sock.bind(self.source_address)
+
+
+class UNIXConnector(_SocketConnector):
+    """Connect to the Unix stream socket at ``path``.
+
+    ``timeout``, ``socket_options``, ``ssl_context`` and ``server_hostname``
+    as for :class:`TCPConnector` (TLS over a Unix socket needs an explicit
+    ``server_hostname`` when the context checks host names).
+    """
+
+    def __init__(self, path, *, timeout=DEFAULT_TIMEOUT, ssl_context=None,
+                 server_hostname=None, socket_options=()):
+        if not hasattr(socket, "AF_UNIX"):
+            raise ValueError("Unix sockets are not available on this platform")
+        if not isinstance(path, (str, bytes, os.PathLike)) or not os.fspath(path):
+            raise ValueError(f"path must be a non-empty path, got {path!r}")
+        self.path = os.fspath(path)
+        self.timeout = _check_timeout(timeout)
+        self._ssl_context = ssl_context
+        self._server_hostname = _check_ssl(ssl_context, server_hostname, None)
+        self._socket_options = _check_options(socket_options)
+
+    def getDestination(self):
+        return UNIXAddress(self.path)
+
+    def describe(self):
+        return os.fsdecode(self.path)
+
+    def _addresses(self):
+        return [(socket.AF_UNIX, socket.SOCK_STREAM, 0, self.path)]
+        yield  # a generator with no waiting steps
+
+
+class SocketFactoryConnector(Connector):
+    """Wrap a zero-argument callable that returns a connected socket.
+
+    The callable runs off the background loop (it may block); it must return
+    a ``socket.socket`` (TLS sockets included), otherwise the attempt fails
+    with ``TypeError``. ``timeout`` bounds how long the client waits for it.
+    """
+
+    def __init__(self, factory, *, name=None, timeout=DEFAULT_TIMEOUT):
+        if not callable(factory):
+            raise ValueError(f"a socket factory must be callable, got {factory!r}")
+        self.factory = factory
+        self.name = name or getattr(factory, "__qualname__", None) or repr(factory)
+        self.timeout = _check_timeout(timeout)
+
+    def getDestination(self):
+        return self.name
+
+    def describe(self):
+        return self.name
+
+    def _attempt(self):
+        sock = yield ("call", self.factory)
+        if not isinstance(sock, socket.socket):
+            if hasattr(sock, "close"):
+                try:
+                    sock.close()
+                except Exception:
+                    pass
+            raise TypeError(f"socket factory {self.name} returned {type(sock).__name__}, not a socket")
+        return sock
+
+
+def as_connector(target):
+    """Turn what ``ReconnectingClient`` accepts into a :class:`Connector`:
+    a connector, ``(host, port)``, a Unix path (``str``/path-like) or a
+    zero-argument callable. ``ValueError`` for anything else."""
+    if isinstance(target, Connector):
+        return target
+    if isinstance(target, tuple):
+        if len(target) != 2:
+            raise ValueError(f"a TCP destination must be (host, port), got {target!r}")
+        return TCPConnector(*target)
+    if isinstance(target, (str, os.PathLike)):
+        return UNIXConnector(target)
+    if callable(target):
+        return SocketFactoryConnector(target)
+    raise ValueError(
+        f"cannot connect to {target!r}: give (host, port), a Unix socket path, "
+        "a Connector or a callable returning a socket"
+    )
