@@ -227,7 +227,8 @@ class ReconnectingClient:
             self._connector._adopt(self)
             self._set_state(Event.START)
             self._connect_requested = True
-        self.factory.clock = self.clock
+        self._factory_clock = _TrackingClock(self.clock)
+        self.factory.clock = self._factory_clock
         self._backend.acquire()
         self._backend.call_soon(self._attempt_now)
         return self
@@ -260,6 +261,29 @@ class ReconnectingClient:
                     )
                 event = self._wait_event_locked()
             self._wait(event, deadline, timeout)
+
+    def wait_state(self, *states, timeout=None):
+        """Block until the client is in one of ``states``; return the state.
+
+        :class:`~rcf_sync.ConnectTimeout` after ``timeout`` real seconds. Meant
+        for tests that drive the back-off with a fake clock and need to know
+        when the background has caught up."""
+        if not states or not all(isinstance(s, State) for s in states):
+            raise ValueError(f"wait_state needs State values, got {states!r}")
+        deadline = _deadline(timeout)
+        while True:
+            with self._lock:
+                if self._state in states:
+                    return self._state
+                if self._closed:
+                    raise ClientClosed(f"{self.name} is closed", self.destination)
+                event = self._wait_event_locked()
+            try:
+                self._wait(event, deadline, timeout)
+            except ConnectTimeout:
+                raise ConnectTimeout(
+                    f"{self.name} did not reach {'/'.join(s.name for s in states)} in time "
+                    f"(state {self._state.name})", self.destination) from None
 
     def connection(self, timeout=None):
         """Lease the live socket: ``with client.connection() as sock: ...``.
@@ -365,6 +389,9 @@ class ReconnectingClient:
             if self._closed:
                 return
             self._connect_requested = True
+            # Seen at once by whoever called connect() (a clock being advanced).
+            if self._state in (State.WAITING, State.STOPPED) and self._conn is None:
+                self._set_state(Event.ATTEMPT)
         self._backend.call_soon(self._attempt_now)
 
     def connector_stop_connecting(self, connector):
@@ -480,7 +507,8 @@ class ReconnectingClient:
         with self._lock:
             if self._closed or self._attempt is not None or self._conn is not None:
                 return
-            if event is not None and self._state is State.CONNECTING:
+            if (event is Event.FAILED and self._state is State.CONNECTING) or (
+                    event is Event.LOST and self._state is State.CONNECTED):
                 self._set_state(event)
             if gave_up and not self._connect_requested and self._state is not State.STOPPED:
                 if not factory.continueTrying:
@@ -501,9 +529,10 @@ class ReconnectingClient:
         else:
             conn.idle_data = True  # data while idle: left for the next lease
 
-    def _mark_lost(self, conn, exc):
+    def _mark_lost(self, conn, exc, wait=False):
         """Any context: take ``conn`` out of service and start the loss
-        handling on the loop. Returns True the first time."""
+        handling on the loop (and with ``wait``, let it finish: the socket is
+        closed and the factory told). Returns True the first time."""
         with self._lock:
             if conn.dead:
                 return False
@@ -512,9 +541,10 @@ class ReconnectingClient:
                 self._conn = None
                 self._stats.losses += 1
                 self._stats.last_error = exc
-                if not self._closed:
-                    self._set_state(Event.LOST)
-        self._backend.call_soon(self._lost, conn, exc)
+        if wait:
+            self._on_loop(lambda: self._lost(conn, exc))
+        else:
+            self._backend.call_soon(self._lost, conn, exc)
         return True
 
     def _lost(self, conn, exc):
@@ -529,7 +559,7 @@ class ReconnectingClient:
             return
         if self._on_disconnect is not None:
             self._backend.run_callback(self._on_disconnect, reason)
-        self._after_factory(None)
+        self._after_factory(Event.LOST)
 
     def _close_conn(self, conn):
         watch, conn.watch = conn.watch, None
@@ -611,6 +641,7 @@ class ReconnectingClient:
         try:
             self.factory.stopTrying()
         finally:
+            self._factory_clock.cancel_all()
             attempt, self._attempt = self._attempt, None
             if isinstance(attempt, _Pending):
                 attempt.attempt.cancel()
@@ -663,7 +694,7 @@ class ReconnectingClient:
                 if self._waiters and not dead:
                     self._notify_locked()
             if dead:
-                self._mark_lost(conn, ConnectionResetError("the peer closed the connection"))
+                self._mark_lost(conn, ConnectionResetError("the peer closed the connection"), wait=True)
                 return False
             watch = conn.watch
             if watch is not None:
@@ -673,7 +704,7 @@ class ReconnectingClient:
             return False
         with self._lock:
             conn.leased = False
-        self._mark_lost(conn, exc)
+        self._mark_lost(conn, exc, wait=True)
         if self._closed and not isinstance(exc, RCFError):
             raise ClientClosed(f"{self.name} was closed during the request", self.destination, exc) from exc
         if isinstance(exc, OSError) and not isinstance(exc, RCFError):
@@ -747,6 +778,46 @@ class ReconnectingClient:
         done.wait(timeout)
         if failure:
             raise failure[0]
+
+
+class _TrackingClock:
+    """The client's clock as its factory sees it: every call scheduled
+    through it is remembered, so that ``close()`` can cancel them all (even a
+    retry that ``resetDelay()`` made the factory forget). Everything else is
+    the wrapped clock's."""
+
+    def __init__(self, clock):
+        self._clock = clock
+        self._calls = []
+
+    def seconds(self):
+        return self._clock.seconds()
+
+    def callLater(self, delay, fn, *args, **kw):
+        call = self._clock.callLater(delay, fn, *args, **kw)
+        calls = self._calls
+        if len(calls) > 8:
+            calls[:] = [c for c in calls if c.active()]
+        calls.append(call)
+        return call
+
+    def getDelayedCalls(self):
+        return self._clock.getDelayedCalls()
+
+    def cancel_all(self):
+        calls, self._calls = self._calls, []
+        for call in calls:
+            if call.active():
+                try:
+                    call.cancel()
+                except Exception:
+                    pass
+
+    def __getattr__(self, name):
+        return getattr(self._clock, name)
+
+    def __repr__(self):
+        return repr(self._clock)
 
 
 class _Pending:

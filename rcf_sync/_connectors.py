@@ -91,7 +91,8 @@ class Connector:
     # -- IConnector -----------------------------------------------------------
 
     def connect(self):
-        """Start a connection attempt now (what a scheduled retry calls)."""
+        """Start a connection attempt now (what a scheduled retry calls).
+        ``RuntimeError`` when no client uses this connector."""
         self._require_owner().connector_connect(self)
 
     def stopConnecting(self):

@@ -98,6 +98,10 @@ class ReconnectingClientFactory:
             setattr(self, name, validate_policy_value(name, value))
         if "initialDelay" in kwargs and "delay" not in kwargs:
             self.delay = self.initialDelay
+        if "initialDelay" in kwargs or "delay" in kwargs:
+            # Survives pickling (``delay`` does not), so that an unpickled
+            # factory starts from the same delay as a new one.
+            self._startDelay = self.delay
 
     def __repr__(self):
         return "<%s initialDelay=%r factor=%r maxDelay=%r jitter=%r maxRetries=%r>" % (
@@ -185,7 +189,7 @@ class ReconnectingClientFactory:
                 log.info("Abandoning %s after %d retries.", connector, self.retries)
             return
 
-        if self.clock is None:
+        if self.maxElapsed is not None and self.clock is None:
             self.clock = _default_clock()
 
         if self.jitterMode == "twisted":
@@ -226,6 +230,8 @@ class ReconnectingClientFactory:
             self._callID = None
             connector.connect()
 
+        if self.clock is None:
+            self.clock = _default_clock()
         self._callID = self.clock.callLater(wait, reconnector)
 
         self.delay = min(self.delay * self.factor, self.maxDelay)
@@ -274,3 +280,8 @@ class ReconnectingClientFactory:
         for key in _TRANSIENT + _TRANSIENT_EXTRA:
             state.pop(key, None)
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if "_startDelay" in state:
+            self.delay = state["_startDelay"]

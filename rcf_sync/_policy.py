@@ -50,11 +50,11 @@ def validate_policy_value(name, value):
 
     Returns the value unchanged. Unknown names are not checked here.
     """
-    if name in ("initialDelay", "maxDelay"):
+    if name in ("initialDelay", "maxDelay", "delay"):
         _require_real(name, value)
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value!r}")
-        if name == "initialDelay" and math.isinf(value):
+        if name in ("initialDelay", "delay") and math.isinf(value):
             raise ValueError(f"{name} must be finite, got {value!r}")
     elif name == "factor":
         _require_real(name, value)

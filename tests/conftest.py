@@ -1,0 +1,240 @@
+"""Shared fixtures: loopback servers, the backend parameter, leak checks."""
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+BACKENDS = ["thread", "gevent"]
+
+
+def open_fds():
+    """The descriptors this process has open (Linux: /proc/self/fd)."""
+    try:
+        return set(os.listdir("/proc/self/fd"))
+    except FileNotFoundError:  # pragma: no cover - not Linux
+        return set()
+
+
+def our_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("rcf_sync")]
+
+
+class EchoServer:
+    """A loopback echo server in its own thread that can be stopped (every
+    connection closed, the port released) and started again on the same
+    port. ``mode`` "echo" echoes; "silent" accepts and reads but never
+    answers; "greet" sends ``b"hello\\n"`` first."""
+
+    def __init__(self, host="127.0.0.1", mode="echo"):
+        self.host = host
+        self.mode = mode
+        self.port = None
+        self._listener = None
+        self._thread = None
+        self._conns = set()
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self.accepted = 0
+        self.accepted_event = threading.Event()
+        self._handlers = []
+
+    @property
+    def address(self):
+        return (self.host, self.port)
+
+    def start(self):
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        listener = socket.socket(family)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.host, self.port or 0))
+        listener.listen(128)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        self._thread = threading.Thread(target=self._accept_loop, args=(listener,), daemon=True)
+        self._thread.start()
+        return self
+
+    def _accept_loop(self, listener):
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._conns.add(conn)
+                self.accepted += 1
+                self._changed.notify_all()
+            self.accepted_event.set()
+            t = threading.Thread(target=self._handle, args=(conn,), daemon=True)
+            self._handlers.append(t)
+            t.start()
+
+    def _handle(self, conn):
+        try:
+            if self.mode == "greet":
+                conn.sendall(b"hello\n")
+            while True:
+                data = conn.recv(65536)
+                if not data or self.mode == "eof":
+                    break
+                if self.mode != "silent":
+                    conn.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            conn.close()
+
+    def wait_accepted(self, n=1, timeout=5):
+        """Block until ``n`` connections were accepted in all."""
+        with self._lock:
+            return self._changed.wait_for(lambda: self.accepted >= n, timeout)
+
+    def connections(self):
+        with self._lock:
+            return len(self._conns)
+
+    def drop_all(self, reset=False):
+        """Close every accepted connection (RST when ``reset``)."""
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            try:
+                if reset:
+                    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def stop(self):
+        """Stop listening and close every connection."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            listener.close()
+        self.drop_all()
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+        for t in self._handlers:
+            t.join(5)
+        self._handlers = []
+
+
+@pytest.fixture
+def server():
+    s = EchoServer().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def free_port():
+    """A loopback port with nothing listening on it."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Kit:
+    """What a client test needs from its backend: how to run concurrent
+    callers and how to block on plain threading objects without starving
+    the gevent hub."""
+
+    def __init__(self, name):
+        self.name = name
+        if name == "gevent":
+            import gevent
+
+            self._gevent = gevent
+
+    def spawn(self, fn, *args):
+        """Start ``fn`` concurrently; return an object with ``join(timeout)``."""
+        if self.name == "gevent":
+            return self._gevent.spawn(fn, *args)
+        t = threading.Thread(target=fn, args=args, daemon=True)
+        t.start()
+        return t
+
+    def event(self):
+        """An event callers of this backend may wait on."""
+        if self.name == "gevent":
+            return self._gevent.event.Event()
+        return threading.Event()
+
+    def sleep(self, seconds):
+        """Let the others run for a moment (only where no event can say when)."""
+        if self.name == "gevent":
+            self._gevent.sleep(seconds)
+        else:
+            time.sleep(seconds)
+
+    def drop(self, server, reset=False, n=1):
+        """Close (or reset) the server's side once it has accepted ``n`` connections."""
+        assert self.block(server.wait_accepted, n, 5)
+        server.drop_all(reset=reset)
+
+    def block(self, fn, *args):
+        """Call a blocking function (threading.Event.wait, socket accept...)."""
+        if self.name == "gevent":
+            return self._gevent.get_hub().threadpool.apply(fn, args)
+        return fn(*args)
+
+    def join_all(self, workers, timeout):
+        deadline = time.monotonic() + timeout
+        for w in workers:
+            w.join(max(0.0, deadline - time.monotonic()))
+        if self.name == "gevent":
+            assert all(w.dead for w in workers), "greenlets still running"
+        else:
+            assert not any(w.is_alive() for w in workers), "threads still running"
+
+
+@pytest.fixture(params=BACKENDS)
+def kit(request):
+    """Each client test runs once per backend."""
+    if request.param == "gevent":
+        pytest.importorskip("gevent")
+    return Kit(request.param)
+
+
+def live_greenlets():
+    gevent = __import__("sys").modules.get("gevent")
+    if gevent is None:
+        return []
+    import gc
+
+    return [g for g in gc.get_objects() if isinstance(g, gevent.Greenlet) and not g.dead]
+
+
+@pytest.fixture
+def no_leaks(server):
+    """Fail if a test leaves a thread of ours, a greenlet or a descriptor
+    (the test's server is stopped first)."""
+    fds_before = open_fds()
+    yield
+    server.stop()
+    assert live_greenlets() == []
+    deadline = time.monotonic() + 5
+    while our_threads() and time.monotonic() < deadline:
+        our_threads()[0].join(0.1)
+    assert our_threads() == [], f"threads left: {our_threads()}"
+    leaked = open_fds() - fds_before
+    # A descriptor number may be reused; check what is left is not a socket of ours.
+    sockets = []
+    for fd in leaked:
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                sockets.append(fd)
+        except OSError:
+            pass
+    assert sockets == [], f"sockets left open: {sockets}"
