@@ -384,7 +384,7 @@ class ReconnectingClient:
 
     # -- connector side (IConnector calls land here) --------------------------
 
-    def connector_connect(self, connector):
+    def _connector_connect(self, connector):
         with self._lock:
             if self._closed:
                 return
@@ -394,7 +394,7 @@ class ReconnectingClient:
                 self._set_state(Event.ATTEMPT)
         self._backend.call_soon(self._attempt_now)
 
-    def connector_stop_connecting(self, connector):
+    def _connector_stop_connecting(self, connector):
         # Called on the loop by factory.stopTrying() or a subclass hook.
         attempt = self._attempt
         if attempt is None:
@@ -404,14 +404,14 @@ class ReconnectingClient:
         self._attempt_failed(ConnectionAbortedError("the connection attempt was stopped"))
         return True
 
-    def connector_disconnect(self, connector):
+    def _connector_disconnect(self, connector):
         with self._lock:
             conn = self._conn
         if conn is not None:
             self._mark_lost(conn, ConnectionAbortedError("disconnect() was called"))
         else:
             self._on_loop(lambda: self._attempt is not None and
-                          self.connector_stop_connecting(connector))
+                          self._connector_stop_connecting(connector))
 
     # -- loop side -----------------------------------------------------------
 

@@ -93,13 +93,13 @@ class Connector:
     def connect(self):
         """Start a connection attempt now (what a scheduled retry calls).
         ``RuntimeError`` when no client uses this connector."""
-        self._require_owner().connector_connect(self)
+        self._require_owner()._connector_connect(self)
 
     def stopConnecting(self):
         """Abandon the attempt in progress; :class:`~rcf_sync.NotConnectingError`
         when there is none."""
         owner = self._owner
-        if owner is None or not owner.connector_stop_connecting(self):
+        if owner is None or not owner._connector_stop_connecting(self):
             raise NotConnectingError(
                 f"not connecting to {self.describe()}", destination=self.describe()
             )
@@ -109,7 +109,7 @@ class Connector:
         abandon the attempt in progress."""
         owner = self._owner
         if owner is not None:
-            owner.connector_disconnect(self)
+            owner._connector_disconnect(self)
 
     def getDestination(self):
         """The address this connector connects to."""
@@ -256,16 +256,20 @@ class TCPConnector(_SocketConnector):
 
     @property
     def ssl_context(self):
+        """The ``ssl.SSLContext`` used for TLS, or ``None``."""
         return self._ssl_context
 
     @property
     def server_hostname(self):
+        """The name the server's certificate must match (default: ``host``)."""
         return self._server_hostname
 
     def getDestination(self):
+        """``TCPAddress("TCP", host, port)``."""
         return TCPAddress("TCP", self.host, self.port)
 
     def describe(self):
+        """``host:port`` (``[v6]:port`` for IPv6)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
@@ -314,9 +318,11 @@ class UNIXConnector(_SocketConnector):
         self._socket_options = _check_options(socket_options)
 
     def getDestination(self):
+        """``UNIXAddress(path)``."""
         return UNIXAddress(self.path)
 
     def describe(self):
+        """The socket's path."""
         return os.fsdecode(self.path)
 
     def _addresses(self):
@@ -340,9 +346,11 @@ class SocketFactoryConnector(Connector):
         self.timeout = _check_timeout(timeout)
 
     def getDestination(self):
+        """The factory's name (given, or its qualified name)."""
         return self.name
 
     def describe(self):
+        """The factory's name."""
         return self.name
 
     def _attempt(self):
