@@ -135,6 +135,36 @@ def server():
     s.stop()
 
 
+class HungListener:
+    """A loopback listener whose backlog is full, so that a connect to it
+    hangs in SYN-SENT (a black hole without leaving loopback)."""
+
+    def __init__(self):
+        self._listener = socket.socket()
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(0)
+        self.address = self._listener.getsockname()
+        self._fillers = []
+        for _ in range(4):
+            f = socket.socket()
+            f.setblocking(False)
+            f.connect_ex(self.address)
+            self._fillers.append(f)
+
+    def close(self):
+        for f in self._fillers:
+            f.close()
+        self._listener.close()
+
+
+@pytest.fixture
+def hung_address():
+    """(host, port) where a connect hangs until its timeout."""
+    hung = HungListener()
+    yield hung.address
+    hung.close()
+
+
 @pytest.fixture
 def free_port():
     """A loopback port with nothing listening on it."""

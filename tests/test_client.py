@@ -338,21 +338,10 @@ def test_reset_delay_resets_factory(kit, free_port, server, no_leaks):
 
 
 @pytest.mark.parametrize("where", ["waiting", "connected", "connecting", "idle"])
-def test_close_is_prompt_and_wakes_waiters(kit, server, free_port, no_leaks, where):
+def test_close_is_prompt_and_wakes_waiters(kit, server, free_port, hung_address, no_leaks, where):
     """If close() is called in any state, then it returns promptly and every waiter gets ClientClosed."""
-    hang = socket.socket()
-    hang.bind(("127.0.0.1", 0))
-    hang.listen(0)
-    fillers = []
-    if where == "connecting":
-        # A full backlog: further connects hang in SYN-SENT.
-        for _ in range(4):
-            f = socket.socket()
-            f.setblocking(False)
-            f.connect_ex(hang.getsockname())
-            fillers.append(f)
     target = {"waiting": ("127.0.0.1", free_port), "connected": server.address,
-              "connecting": rcf_sync.TCPConnector(*hang.getsockname(), timeout=30),
+              "connecting": rcf_sync.TCPConnector(*hung_address, timeout=30),
               "idle": server.address}[where]
     c = make(kit, target)
     results = []
@@ -383,9 +372,6 @@ def test_close_is_prompt_and_wakes_waiters(kit, server, free_port, no_leaks, whe
         assert len(results) >= 2 and all(isinstance(r, ClientClosed) for r in results), results
     assert c.state is S.CLOSED
     assert took < 2.0
-    for f in fillers:
-        f.close()
-    hang.close()
 
 
 def test_closed_client_refuses_use(kit, server, no_leaks):
@@ -466,53 +452,26 @@ def test_socket_factory_returning_garbage_fails_clearly(kit, server, no_leaks):
         assert "not a socket" in str(c.stats.last_error)
 
 
-def test_hung_connect_does_not_delay_other_clients(kit, server, no_leaks):
+def test_hung_connect_does_not_delay_other_clients(kit, server, hung_address, no_leaks):
     """If one client's connect hangs, then another client still connects at once."""
-    hang = socket.socket()
-    hang.bind(("127.0.0.1", 0))
-    hang.listen(0)
-    fillers = []
-    for _ in range(4):
-        f = socket.socket()
-        f.setblocking(False)
-        f.connect_ex(hang.getsockname())
-        fillers.append(f)
+    stuck = [make(kit, rcf_sync.TCPConnector(*hung_address, timeout=30)).start() for _ in range(6)]
     try:
-        stuck = [make(kit, rcf_sync.TCPConnector(*hang.getsockname(), timeout=30)).start()
-                 for _ in range(6)]
         with make(kit, server.address) as c:
             start = time.monotonic()
             c.wait_connected(timeout=5)
             assert time.monotonic() - start < 2
         assert all(s.state is S.CONNECTING for s in stuck)
+    finally:
         for s in stuck:
             s.close()
-    finally:
-        for f in fillers:
-            f.close()
-        hang.close()
 
 
-def test_connect_timeout_fails_the_attempt(kit, server, no_leaks):
+def test_connect_timeout_fails_the_attempt(kit, server, hung_address, no_leaks):
     """If a connect outlasts the connector's timeout, then the attempt fails with ConnectTimeout."""
-    hang = socket.socket()
-    hang.bind(("127.0.0.1", 0))
-    hang.listen(0)
-    fillers = []
-    for _ in range(4):
-        f = socket.socket()
-        f.setblocking(False)
-        f.connect_ex(hang.getsockname())
-        fillers.append(f)
-    try:
-        with make(kit, rcf_sync.TCPConnector(*hang.getsockname(), timeout=0.2)) as c:
-            c.wait_state(S.WAITING, timeout=5)
-            assert isinstance(c.stats.last_error, ConnectTimeout)
-            assert "timed out" in str(c.stats.last_error)
-    finally:
-        for f in fillers:
-            f.close()
-        hang.close()
+    with make(kit, rcf_sync.TCPConnector(*hung_address, timeout=0.2)) as c:
+        c.wait_state(S.WAITING, timeout=5)
+        assert isinstance(c.stats.last_error, ConnectTimeout)
+        assert "timed out" in str(c.stats.last_error)
 
 
 def test_state_transitions_follow_the_table(kit, server, free_port, no_leaks):
