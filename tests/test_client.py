@@ -64,7 +64,8 @@ def test_refused_attempt_waits_initial_delay_then_retries(kit, server, free_port
         assert c.stats.connect_failures == 1
         assert isinstance(c.stats.last_error, ConnectionRefusedError)
         clock.advance(1.0)
-        assert c.state is S.CONNECTING
+        # connect() moved the state to CONNECTING before advance() returned,
+        # so WAITING now means that attempt has failed.
         c.wait_state(S.WAITING, timeout=5)
         assert c.stats.connect_failures == 2
         [call] = clock.getDelayedCalls()
@@ -417,7 +418,8 @@ def test_twisted_clock_drives_a_real_client(kit, free_port, server, no_leaks):
         c.wait_state(S.WAITING, timeout=5)
         assert [d.getTime() for d in clock.getDelayedCalls()] == [1.0]
         clock.advance(1.0)
-        assert c.state is S.CONNECTING
+        # connect() moved the state to CONNECTING before advance() returned,
+        # so WAITING now means that attempt has failed.
         c.wait_state(S.WAITING, timeout=5)
         assert c.stats.connect_failures == 2
 

@@ -16,7 +16,6 @@ last one releases it: threads in use are 1 loop + at most ``MAX_WORKERS``.
 
 import collections
 import logging
-import os
 import select
 import selectors
 import socket

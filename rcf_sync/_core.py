@@ -1,0 +1,494 @@
+"""What a client and a pool share: configuration, leases, waiting, the
+attempt steps and the conversion of errors raised inside a lease.
+
+Theory of operation. Two kinds of context touch a handle:
+
+* the backend's *loop* (the shared loop thread, or the gevent hub) runs every
+  connection attempt and every conversation with the factory, one at a time,
+  as Twisted's reactor would;
+* *callers* (any thread or greenlet) wait for a connection, lease it, and on
+  an error mark it dead.
+
+Shared fields live under one short lock; every decision is taken under it and
+every action (socket close, factory call, user callback) happens after
+releasing it. Waiting is on a broadcast event that is replaced at each
+change, against one monotonic deadline per call; nothing polls.
+"""
+
+import math
+import numbers
+import time
+
+from ._backends import get_backend
+from ._backends._base import peer_gone
+from ._connectors import as_connector
+from ._errors import ClientClosed, ConnectionLost, ConnectTimeout, RCFError
+from ._factory import ReconnectingClientFactory
+from ._state import State
+
+__all__ = ["Stats"]
+
+_DEFAULT_HOOK_TIMEOUT = 30.0
+
+
+class Stats:
+    """A snapshot of a client's counters (read-only).
+
+    ``connects``: connections made; ``connect_failures``: attempts that
+    failed; ``losses``: established connections lost; ``retries``: attempts
+    started after the first; ``last_error``: the latest failure or loss
+    reason, or ``None``; ``last_change``: clock time of the latest state
+    change."""
+
+    __slots__ = ("connects", "connect_failures", "losses", "retries", "last_error", "last_change")
+
+    def __init__(self, connects=0, connect_failures=0, losses=0, retries=0,
+                 last_error=None, last_change=None):
+        self.connects = connects
+        self.connect_failures = connect_failures
+        self.losses = losses
+        self.retries = retries
+        self.last_error = last_error
+        self.last_change = last_change
+
+    def _copy(self):
+        return Stats(*(getattr(self, k) for k in self.__slots__))
+
+    def __repr__(self):
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"Stats({fields})"
+
+
+class _Connection:
+    __slots__ = ("sock", "watch", "leased", "dead", "peer_closed", "idle_data", "serial",
+                 "heartbeat", "last_used")
+
+    def __init__(self, sock, serial):
+        self.sock = sock
+        self.serial = serial
+        self.watch = None
+        self.leased = False
+        self.dead = False
+        self.peer_closed = False
+        self.idle_data = False
+        self.heartbeat = None
+        self.last_used = time.monotonic()
+
+
+def _check_timeout(timeout, what="timeout"):
+    if timeout is None:
+        return None
+    if not isinstance(timeout, numbers.Real) or isinstance(timeout, bool) or math.isnan(timeout):
+        raise ValueError(f"{what} must be a number of seconds or None, got {timeout!r}")
+    if timeout < 0:
+        raise ValueError(f"{what} must be >= 0 or None, got {timeout!r}")
+    return float(timeout)
+
+
+def _deadline(timeout):
+    timeout = _check_timeout(timeout)
+    return None if timeout is None else time.monotonic() + timeout
+
+
+def _remaining(deadline):
+    return None if deadline is None else deadline - time.monotonic()
+
+
+class _Lease:
+    """What ``client.connection()`` returns: a context manager lending the
+    socket to one caller."""
+
+    __slots__ = ("_client", "_timeout", "_conn")
+
+    def __init__(self, client, timeout):
+        self._client = client
+        self._timeout = _check_timeout(timeout)
+        self._conn = None
+
+    def __enter__(self):
+        self._conn = self._client._acquire(_deadline(self._timeout))
+        return self._conn.sock
+
+    def __exit__(self, exc_type, exc, tb):
+        conn, self._conn = self._conn, None
+        return self._client._release(conn, exc)
+
+
+class _Handle:
+    """Base of :class:`~rcf_sync.ReconnectingClient` and
+    :class:`~rcf_sync.ReconnectingPool` (not public)."""
+
+    def __init__(self, connector, factory, backend, clock, on_connect, on_disconnect, name,
+                 on_connect_timeout):
+        if factory is None:
+            factory = ReconnectingClientFactory()
+        for method in ("clientConnectionFailed", "clientConnectionLost", "resetDelay", "stopTrying"):
+            if not callable(getattr(factory, method, None)):
+                raise ValueError(f"factory must be a ReconnectingClientFactory, got {factory!r}")
+        for label, fn in (("on_connect", on_connect), ("on_disconnect", on_disconnect)):
+            if fn is not None and not callable(fn):
+                raise ValueError(f"{label} must be callable or None, got {fn!r}")
+        if clock is not None and not (callable(getattr(clock, "callLater", None))
+                                      and callable(getattr(clock, "seconds", None))):
+            raise ValueError(f"clock must provide seconds() and callLater(), got {clock!r}")
+        self._on_connect_timeout = _check_timeout(on_connect_timeout, "on_connect_timeout")
+        self._connector = as_connector(connector)
+        self._backend = get_backend(backend)
+        self.factory = factory
+        self.clock = clock if clock is not None else self._backend.clock
+        self.name = name if name is not None else self._connector.describe()
+        self._on_connect = on_connect
+        self._on_disconnect = on_disconnect
+        self._lock = self._backend.lock()
+        self._changed = self._backend.event()
+        self._waiters = 0
+        self._state = State.IDLE
+        self._closed = False
+        self._serial = 0
+        self._failures = 0
+        self._stop_reason = None
+        self._stats = Stats()
+        self._factory_clock = None
+
+    # -- public surface shared by both ----------------------------------------
+
+    @property
+    def state(self):
+        """The :class:`~rcf_sync.State` now."""
+        return self._state
+
+    @property
+    def stats(self):
+        """A :class:`Stats` snapshot."""
+        with self._lock:
+            return self._stats._copy()
+
+    @property
+    def destination(self):
+        """The connector's description of where it connects."""
+        return self._connector.describe()
+
+    @property
+    def connector(self):
+        """The connector (Twisted's ``IConnector`` shape) this handle drives."""
+        return self._connector
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def connection(self, timeout=None):
+        """Lease a live socket: ``with handle.connection() as sock: ...``.
+
+        Waits up to ``timeout`` real seconds for a connection nobody else
+        holds (:class:`~rcf_sync.ConnectTimeout`). Inside the block the
+        socket is yours alone. An ``OSError`` escaping the block (timeouts
+        included) closes that connection, starts reconnecting and surfaces
+        as :class:`~rcf_sync.ConnectionLost` chained to it; any other
+        exception also discards the connection (its stream state is
+        unknown) and propagates unchanged. Also raises ``GaveUp`` and
+        ``ClientClosed``."""
+        return _Lease(self, timeout)
+
+    def call(self, fn, *args, attempts=None, timeout=None, **kwargs):
+        """Run ``fn(sock, *args, **kwargs)`` under a lease and return its
+        result; when the connection dies under it (``ConnectionLost``), wait
+        for the next connection and run ``fn`` again, up to ``attempts``
+        runs in all (``None``: as often as ``timeout`` allows). Only for
+        idempotent work. ``timeout`` bounds the whole call, waits included."""
+        if attempts is not None and (not isinstance(attempts, numbers.Integral) or attempts < 1):
+            raise ValueError(f"attempts must be an integer >= 1 or None, got {attempts!r}")
+        deadline = _deadline(timeout)
+        runs = 0
+        while True:
+            runs += 1
+            conn = self._acquire(deadline)
+            try:
+                result = fn(conn.sock, *args, **kwargs)
+            except BaseException as exc:
+                try:
+                    self._release(conn, exc)
+                except ConnectionLost:
+                    if attempts is not None and runs >= attempts:
+                        raise
+                    continue
+                raise
+            self._release(conn, None)
+            return result
+
+    # -- what subclasses provide ------------------------------------------------
+
+    def _take_locked(self):
+        """Lock held: lease and return an available connection, or None
+        (and then, if useful, ask the loop for more)."""
+        raise NotImplementedError
+
+    def _returned_locked(self, conn):
+        """Lock held: a healthy connection came back from a lease."""
+
+    def _forget_locked(self, conn, exc):
+        """Lock held: ``conn`` is out of service (already marked dead)."""
+        raise NotImplementedError
+
+    def _lost(self, conn, exc):
+        """Loop: handle the loss of ``conn`` (socket close, factory, hooks)."""
+        raise NotImplementedError
+
+    def _raise_if_hopeless_locked(self):
+        raise NotImplementedError
+
+    # -- attempts -------------------------------------------------------------
+
+    def _attempt_timeout(self):
+        timeout = self._connector.timeout
+        if timeout is not None and self._on_connect is not None and self._on_connect_timeout:
+            timeout += self._on_connect_timeout
+        return timeout
+
+    def _launch(self, handle, deliver):
+        """Loop: start an attempt; ``deliver(handle, sock, exc)`` on the loop."""
+        handle.attempt = self._backend.start_attempt(
+            self._steps(), self._attempt_timeout(), lambda sock, exc: deliver(handle, sock, exc)
+        )
+
+    def _steps(self):
+        sock = yield from self._connector._attempt()
+        sock = yield ("adopt", sock)
+        if self._on_connect is not None:
+            try:
+                sock.settimeout(self._on_connect_timeout)
+                yield ("hook", self._on_connect, sock)
+                sock.settimeout(None)
+            except BaseException:
+                sock.close()
+                raise
+        return sock
+
+    def _describe_error(self, exc):
+        if isinstance(exc, TimeoutError) and not isinstance(exc, RCFError):
+            return ConnectTimeout(f"connecting to {self.destination} timed out: {exc}",
+                                  self.destination, exc)
+        return exc
+
+    def _new_connection_locked(self, sock):
+        self._serial += 1
+        self._stats.connects += 1
+        return _Connection(sock, self._serial)
+
+    def _watch(self, conn):
+        conn.watch = self._backend.watch_idle(conn.sock, lambda: self._idle_event(conn))
+
+    # -- losses ---------------------------------------------------------------
+
+    def _idle_event(self, conn):
+        with self._lock:
+            if conn.dead:
+                return
+            if conn.leased:
+                conn.peer_closed = True
+                return
+        if peer_gone(conn.sock):
+            self._mark_lost(conn, ConnectionResetError("the peer closed or reset the connection"))
+        else:
+            conn.idle_data = True  # data while idle: left for the next lease
+
+    def _mark_lost(self, conn, exc, wait=False):
+        """Any context: take ``conn`` out of service and start the loss
+        handling on the loop (and with ``wait``, let it finish: the socket is
+        closed and the factory told). Returns True the first time."""
+        with self._lock:
+            if conn.dead:
+                return False
+            conn.dead = True
+            self._stats.losses += 1
+            self._stats.last_error = exc
+            self._forget_locked(conn, exc)
+        if wait:
+            self._on_loop(lambda: self._lost(conn, exc))
+        else:
+            self._backend.call_soon(self._lost, conn, exc)
+        return True
+
+    def _loss_reason(self, exc):
+        return exc if isinstance(exc, RCFError) else ConnectionLost(
+            f"connection to {self.destination} lost: {exc}", self.destination, exc)
+
+    def _close_conn(self, conn):
+        watch, conn.watch = conn.watch, None
+        if watch is not None:
+            watch.close()
+        hb, conn.heartbeat = conn.heartbeat, None
+        if hb is not None and hb.active():
+            hb.cancel()
+        try:
+            conn.sock.close()
+        except OSError:
+            pass
+
+    # -- leases ---------------------------------------------------------------
+
+    def _acquire(self, deadline):
+        while True:
+            with self._lock:
+                conn = self._take_locked()
+                if conn is not None:
+                    break
+                self._raise_if_hopeless_locked()
+                event = self._wait_event_locked()
+            self._wait(event, deadline)
+        watch = conn.watch
+        if watch is not None:
+            watch.pause()
+        return conn
+
+    def _release(self, conn, exc):
+        """End a lease. Returns False (do not swallow); raises
+        ``ConnectionLost`` (chained) for an ``OSError`` that is not ours."""
+        sock = conn.sock
+        if exc is None:
+            try:
+                if sock.gettimeout() is not None:
+                    sock.settimeout(None)
+            except OSError as error:
+                exc = error
+        if exc is None:
+            with self._lock:
+                conn.leased = False
+                conn.last_used = time.monotonic()
+                dead = conn.peer_closed or conn.dead
+                if not dead:
+                    self._returned_locked(conn)
+                    if self._waiters:
+                        self._notify_locked()
+            if dead:
+                self._mark_lost(conn, ConnectionResetError("the peer closed the connection"), wait=True)
+                return False
+            watch = conn.watch
+            if watch is not None:
+                conn.idle_data = False
+                watch.resume()
+            return False
+        with self._lock:
+            conn.leased = False
+        self._mark_lost(conn, exc, wait=True)
+        if self._closed and not isinstance(exc, RCFError):
+            raise ClientClosed(f"{self.name} was closed during the request", self.destination, exc) from exc
+        if isinstance(exc, OSError) and not isinstance(exc, RCFError):
+            raise ConnectionLost(
+                f"connection to {self.destination} lost: {type(exc).__name__}: {exc}",
+                self.destination, exc,
+            ) from exc
+        return False
+
+    # -- waiting --------------------------------------------------------------
+
+    def _wait_event_locked(self):
+        self._waiters += 1
+        return self._changed
+
+    def _wait(self, event, deadline):
+        try:
+            remaining = _remaining(deadline)
+            if remaining is not None and remaining <= 0:
+                raise ConnectTimeout(
+                    f"no connection to {self.destination} in time"
+                    f" (state {self._state.name}, last error: {self._stats.last_error})",
+                    self.destination, self._stats.last_error,
+                )
+            event.wait(remaining)
+        finally:
+            with self._lock:
+                self._waiters -= 1
+
+    def _notify_locked(self):
+        event = self._changed
+        self._changed = self._backend.event()
+        event.set()
+
+    def _changed_locked(self):
+        """Lock held: something waiters care about changed."""
+        self._stats.last_change = self.clock.seconds()
+        if self._waiters:
+            self._notify_locked()
+
+    def _on_loop(self, fn, timeout=5.0):
+        """Run ``fn`` on the loop and wait (up to ``timeout``) until it ran."""
+        backend = self._backend
+        if backend.in_loop():
+            fn()
+            return
+        done = backend.event()
+        failure = []
+
+        def run():
+            try:
+                fn()
+            except BaseException as exc:
+                failure.append(exc)
+            finally:
+                done.set()
+
+        backend.call_soon(run)
+        done.wait(timeout)
+        if failure:
+            raise failure[0]
+
+    def _track_factory_clock(self):
+        self._factory_clock = _TrackingClock(self.clock)
+        self.factory.clock = self._factory_clock
+
+
+class _TrackingClock:
+    """The client's clock as its factory sees it: every call scheduled
+    through it is remembered, so that ``close()`` can cancel them all (even a
+    retry that ``resetDelay()`` made the factory forget). Everything else is
+    the wrapped clock's."""
+
+    def __init__(self, clock):
+        self._clock = clock
+        self._calls = []
+
+    def seconds(self):
+        return self._clock.seconds()
+
+    def callLater(self, delay, fn, *args, **kw):
+        call = self._clock.callLater(delay, fn, *args, **kw)
+        calls = self._calls
+        if len(calls) > 8:
+            calls[:] = [c for c in calls if c.active()]
+        calls.append(call)
+        return call
+
+    def getDelayedCalls(self):
+        return self._clock.getDelayedCalls()
+
+    def cancel_all(self):
+        calls, self._calls = self._calls, []
+        for call in calls:
+            if call.active():
+                try:
+                    call.cancel()
+                except Exception:
+                    pass
+
+    def __getattr__(self, name):
+        return getattr(self._clock, name)
+
+    def __repr__(self):
+        return repr(self._clock)
+
+
+class _Pending:
+    """The client's handle on an attempt the backend is driving."""
+
+    __slots__ = ("attempt",)
+
+    def __init__(self):
+        self.attempt = None
+
+    def cancel(self):
+        if self.attempt is not None:
+            self.attempt.cancel()
