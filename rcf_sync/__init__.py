@@ -25,12 +25,14 @@ from ._connectors import (
     UNIXConnector,
 )
 from ._factory import ReconnectingClientFactory
+from ._pool import ReconnectingPool
 from ._state import State
 from ._version import __version__
 
 __all__ = [
     "ReconnectingClient",
     "ReconnectingClientFactory",
+    "ReconnectingPool",
     "Stats",
     "Connector",
     "TCPConnector",

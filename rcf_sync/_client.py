@@ -18,7 +18,7 @@ from ._core import (
     _Pending,
     _remaining,
 )
-from ._errors import ClientClosed, ConnectTimeout, GaveUp
+from ._errors import ClientClosed, GaveUp
 from ._state import Event, State, transition
 
 __all__ = ["ReconnectingClient", "Stats"]
@@ -114,29 +114,6 @@ class ReconnectingClient(_Handle):
                     )
                 event = self._wait_event_locked()
             self._wait(event, deadline)
-
-    def wait_state(self, *states, timeout=None):
-        """Block until the client is in one of ``states``; return the state.
-
-        :class:`~rcf_sync.ConnectTimeout` after ``timeout`` real seconds. Meant
-        for tests that drive the back-off with a fake clock and need to know
-        when the background has caught up."""
-        if not states or not all(isinstance(s, State) for s in states):
-            raise ValueError(f"wait_state needs State values, got {states!r}")
-        deadline = _deadline(timeout)
-        while True:
-            with self._lock:
-                if self._state in states:
-                    return self._state
-                if self._closed:
-                    raise ClientClosed(f"{self.name} is closed", self.destination)
-                event = self._wait_event_locked()
-            try:
-                self._wait(event, deadline)
-            except ConnectTimeout:
-                raise ConnectTimeout(
-                    f"{self.name} did not reach {'/'.join(s.name for s in states)} in time "
-                    f"(state {self._state.name})", self.destination) from None
 
     def sendall(self, data, timeout=None):
         """Send all of ``data`` on the connection (waiting for one first).

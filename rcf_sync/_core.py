@@ -193,6 +193,29 @@ class _Handle:
         ``ClientClosed``."""
         return _Lease(self, timeout)
 
+    def wait_state(self, *states, timeout=None):
+        """Block until the client is in one of ``states``; return the state.
+
+        :class:`~rcf_sync.ConnectTimeout` after ``timeout`` real seconds. Meant
+        for tests that drive the back-off with a fake clock and need to know
+        when the background has caught up."""
+        if not states or not all(isinstance(s, State) for s in states):
+            raise ValueError(f"wait_state needs State values, got {states!r}")
+        deadline = _deadline(timeout)
+        while True:
+            with self._lock:
+                if self._state in states:
+                    return self._state
+                if self._closed:
+                    raise ClientClosed(f"{self.name} is closed", self.destination)
+                event = self._wait_event_locked()
+            try:
+                self._wait(event, deadline)
+            except ConnectTimeout:
+                raise ConnectTimeout(
+                    f"{self.name} did not reach {'/'.join(s.name for s in states)} in time "
+                    f"(state {self._state.name})", self.destination) from None
+
     def call(self, fn, *args, attempts=None, timeout=None, **kwargs):
         """Run ``fn(sock, *args, **kwargs)`` under a lease and return its
         result; when the connection dies under it (``ConnectionLost``), wait
@@ -225,6 +248,11 @@ class _Handle:
         """Lock held: lease and return an available connection, or None
         (and then, if useful, ask the loop for more)."""
         raise NotImplementedError
+
+    def _wants_more_locked(self):
+        """Lock held, a caller is about to wait: should the loop open more
+        connections (``_fill``)?"""
+        return False
 
     def _returned_locked(self, conn):
         """Lock held: a healthy connection came back from a lease."""
@@ -338,6 +366,9 @@ class _Handle:
                     break
                 self._raise_if_hopeless_locked()
                 event = self._wait_event_locked()
+                more = self._wants_more_locked()
+            if more:
+                self._backend.call_soon(self._fill)
             self._wait(event, deadline)
         watch = conn.watch
         if watch is not None:
