@@ -1,0 +1,233 @@
+"""The ``demo`` and ``wait`` commands: what they run, apart from parsing."""
+
+import socket
+import ssl
+import sys
+import threading
+import time
+
+from ._client import ReconnectingClient
+from ._connectors import TCPConnector
+from ._errors import ConnectTimeout, GaveUp, RCFError
+from ._factory import ReconnectingClientFactory
+from ._state import State
+
+__all__ = ["EchoServer", "run_demo", "run_wait"]
+
+
+class EchoServer:
+    """A loopback echo server that can be killed (listener and every
+    connection closed) and restarted on the same port."""
+
+    def __init__(self, host="127.0.0.1"):
+        self.host = host
+        self.port = 0
+        self._listener = None
+        self._threads = []
+        self._conns = set()
+        self._lock = threading.Lock()
+
+    @property
+    def address(self):
+        return (self.host, self.port)
+
+    def start(self):
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((self.host, self.port))
+        listener.listen(64)
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        t = threading.Thread(target=self._accept, args=(listener,), name="demo-server", daemon=True)
+        self._threads.append(t)
+        t.start()
+
+    def _accept(self, listener):
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            with self._lock:
+                self._conns.add(conn)
+            t = threading.Thread(target=self._echo, args=(conn,), name="demo-echo", daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _echo(self, conn):
+        try:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                conn.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            conn.close()
+
+    def kill(self):
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            listener.close()
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        threads, self._threads = self._threads, []
+        for t in threads:
+            t.join(2)
+
+
+def _echo(sock, payload):
+    sock.sendall(payload)
+    got = b""
+    while len(got) < len(payload):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionResetError("closed mid-reply")
+        got += chunk
+    return got
+
+
+def _next_delay(factory):
+    call = factory._callID
+    if call is not None and call.active():
+        return max(0.0, call.getTime() - factory.clock.seconds())
+    return None
+
+
+def _reporting(factory, say, dest):
+    """A copy of ``factory`` (same class and settings) that reports every
+    failure and loss with the delay the factory chose."""
+
+    class Reporting(type(factory)):
+        def _report(self, what, reason):
+            delay = _next_delay(self)
+            then = f"; next attempt in {delay:.2f}s" if delay is not None else "; giving up"
+            say(f"{what} ({type(reason).__name__}: {reason}){then}")
+
+        def clientConnectionFailed(self, connector, reason):
+            super().clientConnectionFailed(connector, reason)
+            self._report(f"attempt {self.retries} to {dest} failed", reason)
+
+        def clientConnectionLost(self, connector, reason):
+            super().clientConnectionLost(connector, reason)
+            self._report(f"connection to {dest} lost", reason)
+
+    Reporting.__name__ = Reporting.__qualname__ = type(factory).__name__
+    copy = Reporting.__new__(Reporting)
+    copy.__dict__.update(factory.__dict__)
+    return copy
+
+
+def run_demo(factory, duration, out=sys.stdout):
+    """Run the demo for ``duration`` seconds; return the exit code."""
+    tty = hasattr(out, "isatty") and out.isatty()
+    server = EchoServer()
+    server.start()
+    # (start, end) of each outage, as fractions of the run: a short one, then
+    # a long one that lets the back-off grow.
+    outages = [(0.15 * duration, 0.25 * duration), (0.40 * duration, 0.67 * duration)]
+    served = failed = 0
+    last_state, max_delay = None, 0.0
+    t0 = time.monotonic()
+
+    lock = threading.Lock()
+
+    def say(line):
+        with lock:
+            if tty:
+                out.write("\r\033[K")
+            out.write(f"{time.monotonic() - t0:6.2f}s  {line}\n")
+            out.flush()
+
+    say(f"echo server on {server.host}:{server.port}; policy {factory!r}")
+    factory = _reporting(factory, say, f"{server.host}:{server.port}")
+    client = ReconnectingClient(server.address, factory=factory, backend="thread", name="demo")
+    down = False
+    with client:
+        n = 0
+        while True:
+            now = time.monotonic() - t0
+            if now >= duration:
+                break
+            should_be_down = any(a <= now < b for a, b in outages)
+            if should_be_down and not down:
+                server.kill()
+                down = True
+                say("server killed")
+            elif down and not should_be_down:
+                server.start()
+                down = False
+                say("server restarted")
+            state = client.state
+            delay = _next_delay(factory)
+            if state is not last_state and state in (State.CONNECTED, State.STOPPED):
+                say(f"state {state.name}")
+            last_state = state
+            if delay is not None:
+                max_delay = max(max_delay, delay)
+            if state is State.CONNECTED:
+                n += 1
+                payload = f"request {n}".encode()
+                try:
+                    if client.call(_echo, payload, attempts=1, timeout=0.5) == payload:
+                        served += 1
+                except RCFError as exc:
+                    failed += 1
+                    say(f"request {n} failed: {type(exc).__name__}")
+            if tty:
+                status = (f"{now:6.2f}s  [{state.name:<10}] attempt {factory.retries}"
+                          f"  next delay {delay if delay is not None else 0:5.2f}s"
+                          f"  served {served}")
+                with lock:
+                    out.write("\r\033[K" + status)
+                    out.flush()
+            time.sleep(0.05)
+        stats = client.stats
+    server.kill()
+    if tty:
+        out.write("\r\033[K")
+    out.write(
+        f"\nsummary: {served} requests served, {failed} failed; {stats.connects} connections, "
+        f"{stats.losses} lost, {stats.connect_failures} failed attempts; "
+        f"longest back-off delay {max_delay:.2f}s\n"
+    )
+    return 0
+
+
+def run_wait(factory, host, port, timeout, tls, out=sys.stdout):
+    """Block until ``host:port`` accepts a connection; return the exit code."""
+    ctx = ssl.create_default_context() if tls else None
+    connector = TCPConnector(host, port, timeout=min(10.0, timeout) if timeout else 10.0,
+                             ssl_context=ctx)
+    dest = connector.describe()
+    t0 = time.monotonic()
+
+    def say(line):
+        out.write(line + "\n")
+        out.flush()
+
+    reporting = _reporting(factory, say, dest)
+    client = ReconnectingClient(connector, factory=reporting, backend="thread")
+    with client:
+        try:
+            client.wait_connected(timeout=timeout)
+        except ConnectTimeout:
+            out.write(f"{dest} not reachable after {time.monotonic() - t0:.1f}s (timeout)\n")
+            return 1
+        except GaveUp as exc:
+            out.write(f"{dest} not reachable: {exc}\n")
+            return 1
+    out.write(f"{dest} is reachable (after {time.monotonic() - t0:.2f}s)\n")
+    return 0
