@@ -9,7 +9,6 @@ import time
 from ._client import ReconnectingClient
 from ._connectors import TCPConnector
 from ._errors import ConnectTimeout, GaveUp, RCFError
-from ._factory import ReconnectingClientFactory
 from ._state import State
 
 __all__ = ["EchoServer", "run_demo", "run_wait"]

@@ -1,6 +1,5 @@
 """The demo and wait commands, run as a user would (a subprocess)."""
 
-import socket
 import subprocess
 import sys
 
