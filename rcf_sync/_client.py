@@ -144,18 +144,31 @@ class ReconnectingClient(_Handle):
         """Stop reconnecting (``factory.stopTrying()``): a pending retry is
         cancelled, an attempt in progress abandoned; a live connection stays
         up until it is lost. Waiters then get :class:`~rcf_sync.GaveUp`."""
+        if self._not_running():
+            self.factory.stopTrying()
+            return
         self._on_loop(self._do_stop_trying)
 
     def reset_delay(self):
         """``factory.resetDelay()``: the next retry waits ``initialDelay``
         again. (Like Twisted, a retry already scheduled still runs.)"""
+        if self._not_running():
+            self.factory.resetDelay()
+            return
         self._on_loop(self.factory.resetDelay)
 
     def reconnect_now(self):
         """Skip the back-off wait and attempt now; from ``STOPPED``, reset the
         factory and start trying again. No effect while connecting or
-        connected."""
+        connected; none before :meth:`start` or after :meth:`close`."""
+        if self._not_running():
+            return
         self._on_loop(self._do_reconnect_now)
+
+    def _not_running(self):
+        # Before start() and after close() there is no loop work to do (and,
+        # before start(), maybe no loop at all).
+        return self._closed or self._state is State.IDLE
 
     def close(self, timeout=None):
         """Close for good: stop trying, drop the connection, wake every waiter
@@ -245,6 +258,7 @@ class ReconnectingClient(_Handle):
             else:
                 closed = False
                 conn = self._conn = self._new_connection_locked(sock)
+                self._handoff_locked(conn)
                 self._set_state(Event.CONNECTED)
         if closed:
             sock.close()
@@ -269,7 +283,8 @@ class ReconnectingClient(_Handle):
         gave_up = not factory.continueTrying or (
             callable(getattr(factory, "gaveUp", None)) and factory.gaveUp())
         with self._lock:
-            if self._closed or self._attempt is not None or self._conn is not None:
+            if (self._closed or self._state is State.IDLE or self._attempt is not None
+                    or self._conn is not None):
                 return
             if (event is Event.FAILED and self._state is State.CONNECTING) or (
                     event is Event.LOST and self._state is State.CONNECTED):
@@ -344,6 +359,10 @@ class ReconnectingClient(_Handle):
 
     def _do_stop_trying(self):
         self.factory.stopTrying()
+        if self._attempt is not None:
+            # Before its first failure the factory has no connector to stop
+            # (as in Twisted); the client abandons the attempt itself.
+            self._connector_stop_connecting(self._connector)
         self._after_factory(None)
 
     def _do_reconnect_now(self):

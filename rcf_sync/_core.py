@@ -15,12 +15,13 @@ releasing it. Waiting is on a broadcast event that is replaced at each
 change, against one monotonic deadline per call; nothing polls.
 """
 
+import collections
 import math
 import numbers
 import time
 
 from ._backends import get_backend
-from ._backends._base import peer_gone
+from ._backends._base import idle_status, peer_gone
 from ._connectors import as_connector
 from ._errors import ClientClosed, ConnectionLost, ConnectTimeout, RCFError
 from ._factory import ReconnectingClientFactory
@@ -82,6 +83,8 @@ def _check_timeout(timeout, what="timeout"):
         raise ValueError(f"{what} must be a number of seconds or None, got {timeout!r}")
     if timeout < 0:
         raise ValueError(f"{what} must be >= 0 or None, got {timeout!r}")
+    if math.isinf(timeout):
+        return None  # waiting forever is what None says
     return float(timeout)
 
 
@@ -142,6 +145,7 @@ class _Handle:
         self._lock = self._backend.lock()
         self._changed = self._backend.event()
         self._waiters = 0
+        self._queue = collections.deque()  # _Ticket of callers waiting for a lease, oldest first
         self._state = State.IDLE
         self._closed = False
         self._serial = 0
@@ -291,7 +295,7 @@ class _Handle:
                 yield ("hook", self._on_connect, sock)
                 sock.settimeout(None)
             except BaseException:
-                sock.close()
+                _abort_socket(sock)  # also wakes a hook still blocked on it
                 raise
         return sock
 
@@ -307,21 +311,38 @@ class _Handle:
         return _Connection(sock, self._serial)
 
     def _watch(self, conn):
-        conn.watch = self._backend.watch_idle(conn.sock, lambda: self._idle_event(conn))
+        conn.watch = watch = self._backend.watch_idle(conn.sock, lambda: self._idle_event(conn))
+        with self._lock:
+            leased = conn.leased  # handed straight to a waiting caller
+        if leased:
+            watch.pause()
 
     # -- losses ---------------------------------------------------------------
 
     def _idle_event(self, conn):
+        # The loop leases the connection to itself while it looks, so that no
+        # caller can get it half-checked.
         with self._lock:
             if conn.dead:
                 return
-            if conn.leased:
-                conn.peer_closed = True
-                return
-        if peer_gone(conn.sock):
+            leased = conn.leased
+            conn.leased = True
+        if leased:
+            if peer_gone(conn.sock):
+                conn.peer_closed = True  # the lease holder's release discards it
+            return
+        status = idle_status(conn.sock)
+        if status == "quiet":
+            self._release(conn, None)
+            return
+        with self._lock:
+            conn.leased = False
+        if status == "closed":
             self._mark_lost(conn, ConnectionResetError("the peer closed or reset the connection"))
         else:
-            conn.idle_data = True  # data while idle: left for the next lease
+            # Bytes nobody asked for: handing this stream to a caller could
+            # give it a reply that is not its own.
+            self._mark_lost(conn, ConnectionError("unexpected data from the peer on an idle connection"))
 
     def _mark_lost(self, conn, exc, wait=False):
         """Any context: take ``conn`` out of service and start the loss
@@ -359,21 +380,64 @@ class _Handle:
     # -- leases ---------------------------------------------------------------
 
     def _acquire(self, deadline):
-        while True:
-            with self._lock:
-                conn = self._take_locked()
-                if conn is not None:
-                    break
-                self._raise_if_hopeless_locked()
-                event = self._wait_event_locked()
-                more = self._wants_more_locked()
-            if more:
-                self._backend.call_soon(self._fill)
-            self._wait(event, deadline)
+        # Fair: a newcomer takes a free connection only when nobody is queued;
+        # queued callers are handed connections in order (_handoff_locked).
+        ticket = None
+        try:
+            while True:
+                with self._lock:
+                    if ticket is not None and ticket.conn is not None:
+                        conn = ticket.conn
+                        break
+                    if ticket is None and not self._queue:
+                        conn = self._take_locked()
+                        if conn is not None:
+                            break
+                    self._raise_if_hopeless_locked()
+                    if ticket is None:
+                        ticket = _Ticket()
+                        self._queue.append(ticket)
+                    event = ticket.event = self._backend.event()
+                    more = self._wants_more_locked()
+                if more:
+                    self._backend.call_soon(self._fill)
+                remaining = _remaining(deadline)
+                if remaining is not None and remaining <= 0:
+                    raise self._timed_out()
+                event.wait(remaining)
+        except BaseException:
+            if ticket is not None:
+                with self._lock:
+                    handed = ticket.conn
+                    try:
+                        self._queue.remove(ticket)
+                    except ValueError:
+                        pass
+                if handed is not None:  # given to us just as we gave up: pass it on
+                    self._release(handed, None)
+            raise
         watch = conn.watch
         if watch is not None:
             watch.pause()
         return conn
+
+    def _handoff_locked(self, conn):
+        """Lock held, ``conn`` healthy and free: lease it to the oldest
+        queued caller. True when someone took it."""
+        if not self._queue:
+            return False
+        ticket = self._queue.popleft()
+        ticket.conn = conn
+        conn.leased = True
+        ticket.event.set()
+        return True
+
+    def _timed_out(self):
+        return ConnectTimeout(
+            f"no connection to {self.destination} in time"
+            f" (state {self._state.name}, last error: {self._stats.last_error})",
+            self.destination, self._stats.last_error,
+        )
 
     def _release(self, conn, exc):
         """End a lease. Returns False (do not swallow); raises
@@ -387,18 +451,21 @@ class _Handle:
                 exc = error
         if exc is None:
             with self._lock:
-                conn.leased = False
                 conn.last_used = time.monotonic()
                 dead = conn.peer_closed or conn.dead
-                if not dead:
-                    self._returned_locked(conn)
-                    if self._waiters:
-                        self._notify_locked()
+                handed = False
+                if dead:
+                    conn.leased = False
+                else:
+                    handed = self._handoff_locked(conn)
+                    if not handed:
+                        conn.leased = False
+                        self._returned_locked(conn)
             if dead:
                 self._mark_lost(conn, ConnectionResetError("the peer closed the connection"), wait=True)
                 return False
             watch = conn.watch
-            if watch is not None:
+            if watch is not None and not handed:
                 conn.idle_data = False
                 watch.resume()
             return False
@@ -424,11 +491,7 @@ class _Handle:
         try:
             remaining = _remaining(deadline)
             if remaining is not None and remaining <= 0:
-                raise ConnectTimeout(
-                    f"no connection to {self.destination} in time"
-                    f" (state {self._state.name}, last error: {self._stats.last_error})",
-                    self.destination, self._stats.last_error,
-                )
+                raise self._timed_out()
             event.wait(remaining)
         finally:
             with self._lock:
@@ -444,6 +507,8 @@ class _Handle:
         self._stats.last_change = self.clock.seconds()
         if self._waiters:
             self._notify_locked()
+        for ticket in self._queue:
+            ticket.event.set()
 
     def _on_loop(self, fn, timeout=5.0):
         """Run ``fn`` on the loop and wait (up to ``timeout``) until it ran."""
@@ -470,6 +535,26 @@ class _Handle:
     def _track_factory_clock(self):
         self._factory_clock = _TrackingClock(self.clock)
         self.factory.clock = self._factory_clock
+
+
+def _abort_socket(sock):
+    """Close ``sock`` so that a thread blocked on it wakes up (on Linux a
+    plain close() does not interrupt a blocked recv)."""
+    try:
+        sock.shutdown(2)  # SHUT_RDWR
+    except OSError:
+        pass
+    sock.close()
+
+
+class _Ticket:
+    """A caller's place in the queue for a lease."""
+
+    __slots__ = ("event", "conn")
+
+    def __init__(self):
+        self.event = None
+        self.conn = None
 
 
 class _TrackingClock:

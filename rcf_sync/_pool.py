@@ -106,7 +106,7 @@ class ReconnectingPool(_Handle):
         pending = len(self._attempts)
         if not self._conns:
             return 1 - pending  # nothing proves the server is up: one at a time
-        need = self._waiters - pending - len(self._idle)
+        need = len(self._queue) - pending - len(self._idle)
         return min(need, self.size - len(self._conns) - pending)
 
     def _returned_locked(self, conn):
@@ -189,7 +189,8 @@ class ReconnectingPool(_Handle):
             self._stopped = False
             conn = self._new_connection_locked(sock)
             self._conns.add(conn)
-            self._idle.append(conn)
+            if not self._handoff_locked(conn):
+                self._idle.append(conn)
             self._update_state_locked()
         self._watch(conn)
         self._fill()
