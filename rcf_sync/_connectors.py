@@ -18,9 +18,11 @@ clean-up on failure exist in one place only.
 
 import collections
 import errno
+import functools
 import math
 import numbers
 import os
+import re
 import socket
 import ssl
 
@@ -67,6 +69,30 @@ def _check_ssl(ssl_context, server_hostname, default_hostname):
     if server_hostname is None:
         server_hostname = default_hostname
     return server_hostname
+
+
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
+
+
+def _check_host(host):
+    """``ValueError`` unless ``host`` is an IP address or a DNS name."""
+    if not isinstance(host, str) or not host:
+        raise ValueError(f"host must be a non-empty host name or address, got {host!r}")
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    for family in (socket.AF_INET, getattr(socket, "AF_INET6", None)):
+        if family is None:
+            continue
+        try:
+            socket.inet_pton(family, bare.split("%", 1)[0])
+            return
+        except (OSError, ValueError):
+            pass
+    name = bare[:-1] if bare.endswith(".") else bare
+    if len(name) > 253 or not all(_HOST_LABEL.match(label) for label in name.split(".")):
+        raise ValueError(
+            f"host must be an IP address or a DNS name (labels of letters, digits and "
+            f"hyphens, at most 253 characters), got {host!r}"
+        )
 
 
 def _check_options(socket_options):
@@ -151,6 +177,16 @@ class _SocketConnector(Connector):
     _server_hostname = None
     _socket_options = ()
 
+    @property
+    def ssl_context(self):
+        """The ``ssl.SSLContext`` used for TLS, or ``None``."""
+        return self._ssl_context
+
+    @property
+    def server_hostname(self):
+        """The name the server's certificate must match (TCP default: ``host``)."""
+        return self._server_hostname
+
     def _addresses(self):
         """Generator step(s) producing a list of getaddrinfo-style tuples."""
         raise NotImplementedError
@@ -231,8 +267,7 @@ class TCPConnector(_SocketConnector):
                  ssl_context=None, server_hostname=None, socket_options=(),
                  keepalive=True, keepalive_idle=None, keepalive_interval=None,
                  keepalive_count=None):
-        if not isinstance(host, str) or not host or any(c.isspace() for c in host):
-            raise ValueError(f"host must be a non-empty host name or address, got {host!r}")
+        _check_host(host)
         if not isinstance(port, numbers.Integral) or isinstance(port, bool) or not 0 < port < 65536:
             raise ValueError(f"port must be an integer in 1..65535, got {port!r}")
         if source_address is not None:
@@ -253,16 +288,6 @@ class TCPConnector(_SocketConnector):
         self._socket_options = _check_options(socket_options)
         self.keepalive = bool(keepalive)
         self._keepalive = (keepalive_idle, keepalive_interval, keepalive_count)
-
-    @property
-    def ssl_context(self):
-        """The ``ssl.SSLContext`` used for TLS, or ``None``."""
-        return self._ssl_context
-
-    @property
-    def server_hostname(self):
-        """The name the server's certificate must match (default: ``host``)."""
-        return self._server_hostname
 
     def getDestination(self):
         """``TCPAddress("TCP", host, port)``."""
@@ -342,7 +367,7 @@ class SocketFactoryConnector(Connector):
         if not callable(factory):
             raise ValueError(f"a socket factory must be callable, got {factory!r}")
         self.factory = factory
-        self.name = name or getattr(factory, "__qualname__", None) or repr(factory)
+        self.name = name or _callable_name(factory)
         self.timeout = _check_timeout(timeout)
 
     def getDestination(self):
@@ -363,6 +388,16 @@ class SocketFactoryConnector(Connector):
                     pass
             raise TypeError(f"socket factory {self.name} returned {type(sock).__name__}, not a socket")
         return sock
+
+
+def _callable_name(fn):
+    """A name for a callable that never shows its arguments (a partial's
+    bound arguments may hold credentials)."""
+    inner = fn
+    while isinstance(inner, functools.partial):
+        inner = inner.func
+    name = getattr(inner, "__qualname__", None) or type(inner).__qualname__
+    return name if inner is fn else f"partial({name})"
 
 
 def as_connector(target):

@@ -28,6 +28,7 @@ import errno
 import logging
 import select
 import socket
+import ssl
 import sys
 
 __all__ = ["socket_is_patched", "original", "peer_gone", "log_negative_delay"]
@@ -92,6 +93,36 @@ def peer_gone(sock):
         return exc.errno in _DEAD_ERRNOS or exc.errno is None
     finally:
         raw.close()
+
+
+def idle_status(sock):
+    """Look, without blocking, at an idle ``sock`` nobody else is using:
+    ``"closed"`` (peer closed or reset it), ``"data"`` (application bytes are
+    waiting that nobody asked for) or ``"quiet"``. Through TLS, protocol
+    records without data (session tickets) count as quiet; data is consumed
+    (the connection is then discarded anyway)."""
+    if peer_gone(sock):
+        return "closed"
+    try:
+        old = sock.gettimeout()
+        sock.settimeout(0.0)
+    except OSError:
+        return "closed"
+    try:
+        if hasattr(sock, "context"):  # TLS
+            data = sock.recv(1)
+        else:
+            data = sock.recv(1, socket.MSG_PEEK)
+        return "data" if data else "closed"
+    except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+        return "quiet"
+    except OSError:
+        return "closed"
+    finally:
+        try:
+            sock.settimeout(old)
+        except OSError:
+            pass
 
 
 _warned_negative = []

@@ -154,6 +154,13 @@ class GeventClock:
         return sorted((c for c in self._pending if c.active()), key=lambda c: c._time)
 
 
+def _capture(fn, args):
+    try:
+        return True, fn(*args)
+    except BaseException as exc:
+        return False, exc
+
+
 def _to_gevent_socket(sock):
     """Hand back ``sock`` as a socket that yields to the hub."""
     if isinstance(sock, (gevent.socket.socket, gevent.ssl.SSLSocket)):
@@ -248,7 +255,11 @@ class _Attempt:
         if kind == "call":
             if socket_is_patched():
                 return request[1](*request[2:])
-            return self._backend._hub.threadpool.apply(request[1], request[2:])
+            # The pool would print what the call raises: bring it back as a value.
+            ok, value = self._backend._hub.threadpool.apply(_capture, (request[1], request[2:]))
+            if not ok:
+                raise value
+            return value
         if kind == "hook":
             return request[1](*request[2:])
         raise RuntimeError(f"unknown attempt step {kind!r}")
