@@ -2,7 +2,6 @@
 loopback servers; back-off timing is driven by a FakeClock."""
 
 import socket
-import threading
 import time
 
 import pytest
@@ -173,7 +172,7 @@ def test_lease_is_exclusive(kit, server, no_leaks):
             with c.connection(timeout=5):
                 order.append("second")
 
-        with c.connection(timeout=5) as sock:
+        with c.connection(timeout=5):
             w = kit.spawn(second)
             kit.sleep(0.05)  # give the second caller time to block on the lease
             order.append("first-done")
@@ -509,7 +508,6 @@ def test_many_callers_never_get_another_callers_reply(kit, server, no_leaks):
     """If many callers share one client while the server restarts, then no caller ever receives another caller's bytes."""
     factory = ReconnectingClientFactory(initialDelay=0.01, maxDelay=0.05, jitter=0)
     mismatches, done, errors = [], [], []
-    stop = threading.Event()
     c = ReconnectingClient(server.address, factory=factory, backend=kit.name).start()
 
     def worker(n):

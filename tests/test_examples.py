@@ -1,0 +1,88 @@
+"""The programs in examples/: each runs by itself to a clean exit, and the
+line-protocol example's server and client can be used from tests."""
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name):
+    """Run examples/NAME.py as a user would (development mode, so unclosed
+    resources are reported); return the completed process."""
+    return subprocess.run([sys.executable, "-X", "dev", str(EXAMPLES / name)], capture_output=True,
+                          text=True, timeout=60, cwd=str(EXAMPLES.parent))
+
+
+def assert_clean_run(proc):
+    output = f"--- stdout ---\n{proc.stdout}\n--- stderr ---\n{proc.stderr}"
+    assert proc.returncode == 0, output
+    assert "Warning" not in proc.stderr and "Traceback" not in proc.stderr, output
+    return proc.stdout.splitlines()
+
+
+def test_line_protocol_example_runs():
+    """If examples/line_protocol.py is run, then it talks across a server restart and exits 0."""
+    lines = assert_clean_run(run_example("line_protocol.py"))
+    assert re.fullmatch(r"server listening on 127\.0\.0\.1:\d+", lines[0])
+    assert lines[1:] == [
+        "PING -> PONG",
+        "ECHO hello -> hello",
+        "JUMP -> error: unknown command 'JUMP'",
+        "server restarted",
+        "PING -> PONG",
+        "ECHO still here -> still here",
+        "handshakes: 2, connections: 2, losses: 1",
+        "done",
+    ]
+
+
+def test_thread_pool_example_runs():
+    """If examples/thread_pool.py is run, then every job gets its own reply across a restart and it exits 0."""
+    lines = assert_clean_run(run_example("thread_pool.py"))
+    for expected in ("jobs: 200 on 8 threads", "ok: 200", "mismatched: 0", "failed: 0",
+                     "server restarts: 1"):
+        assert expected in lines, lines
+    assert any(re.fullmatch(r"connections: \d+, losses: [1-9]\d*", line) for line in lines), lines
+
+
+def test_gevent_app_example_runs():
+    """If examples/gevent_app.py is run, then 100 greenlets get their own replies on the gevent backend and it exits 0."""
+    pytest.importorskip("gevent")
+    lines = assert_clean_run(run_example("gevent_app.py"))
+    for expected in ("backend: gevent", "greenlets: 100 sharing one client, 5 requests each",
+                     "ok: 500", "mismatched: 0", "failed: 0", "unfinished greenlets: 0",
+                     "server restarts: 1"):
+        assert expected in lines, lines
+    [pause] = [line for line in lines if line.startswith("longest hub pause: ")]
+    assert int(re.search(r"(\d+) ms", pause).group(1)) < 1000, pause
+
+
+@pytest.fixture(scope="module")
+def line_protocol():
+    spec = importlib.util.spec_from_file_location("line_protocol_example",
+                                                  EXAMPLES / "line_protocol.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("backend", ["thread", "gevent"])
+def test_line_protocol_serve_and_client_in_process(line_protocol, backend, no_leaks):
+    """If the example's serve() and LineClient are used from a test, then they speak the protocol and clean up."""
+    if backend == "gevent":
+        pytest.importorskip("gevent")
+    with line_protocol.serve("127.0.0.1", 0) as server:
+        host, port = server.address
+        with line_protocol.LineClient(host, port, name="test", backend=backend) as client:
+            assert client.ping() == "PONG"
+            assert client.echo("a b  c") == "a b  c"
+            with pytest.raises(line_protocol.ProtocolError, match="unknown command"):
+                client.request("NOPE")
+            assert client.echo("") == ""
+            assert client.handshakes == 1 and client.stats.connects == 1
