@@ -569,3 +569,16 @@ def test_repr_names_destination_and_state(server, no_leaks):
     """If a client is printed, then its repr names the destination and state, nothing more."""
     c = ReconnectingClient(server.address, backend="thread")
     assert repr(c) == f"<ReconnectingClient '127.0.0.1:{server.port}' IDLE backend=thread>"
+
+
+def test_max_elapsed_stops_like_max_retries(kit, free_port, server, no_leaks):
+    """If the factory's maxElapsed budget runs out, then the client is STOPPED and waiters get GaveUp."""
+    clock = FakeClock()
+    factory = ReconnectingClientFactory(initialDelay=1.0, jitter=0, maxElapsed=3.0)
+    with make(kit, ("127.0.0.1", free_port), clock, factory=factory) as c:
+        c.wait_state(S.WAITING, timeout=5)          # failed at t=0, retry at t=1
+        clock.advance(1.0)
+        assert c.wait_state(S.STOPPED, timeout=5) is S.STOPPED  # t=1+2.72 > 3: no retry
+        assert clock.getDelayedCalls() == []
+        with pytest.raises(GaveUp, match="no connection to 127.0.0.1"):
+            c.wait_connected(timeout=5)
