@@ -2,6 +2,7 @@
 
 import os
 import socket
+import sys
 import threading
 import time
 
@@ -119,10 +120,10 @@ class EchoServer:
             except OSError:
                 pass
             listener.close()
-        self.drop_all()
         if self._thread is not None:
-            self._thread.join(5)
+            self._thread.join(5)  # no accept after this, so drop_all sees every connection
             self._thread = None
+        self.drop_all()
         for t in self._handlers:
             t.join(5)
         self._handlers = []
@@ -258,13 +259,27 @@ def no_leaks(server):
     while our_threads() and time.monotonic() < deadline:
         our_threads()[0].join(0.1)
     assert our_threads() == [], f"threads left: {our_threads()}"
-    leaked = open_fds() - fds_before
-    # A descriptor number may be reused; check what is left is not a socket of ours.
+    sockets = _new_sockets(fds_before)
+    if sockets and "gevent" in sys.modules:
+        # gevent closes a descriptor some watchers still use on a later turn
+        # of its loop; give it those turns (bounded) before judging.
+        import gevent
+
+        for _ in range(50):
+            gevent.sleep(0.01)
+            sockets = _new_sockets(fds_before)
+            if not sockets:
+                break
+    assert sockets == [], f"sockets left open: {sockets}"
+
+
+def _new_sockets(fds_before):
+    # A descriptor number may be reused; count only what is a socket now.
     sockets = []
-    for fd in leaked:
+    for fd in open_fds() - fds_before:
         try:
             if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
                 sockets.append(fd)
         except OSError:
             pass
-    assert sockets == [], f"sockets left open: {sockets}"
+    return sockets

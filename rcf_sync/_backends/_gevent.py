@@ -161,6 +161,12 @@ def _capture(fn, args):
         return False, exc
 
 
+def _close_late_result(pending):
+    ok, value = pending.get()
+    if ok and hasattr(value, "close"):
+        value.close()
+
+
 def _to_gevent_socket(sock):
     """Hand back ``sock`` as a socket that yields to the hub."""
     if isinstance(sock, (gevent.socket.socket, gevent.ssl.SSLSocket)):
@@ -256,7 +262,13 @@ class _Attempt:
             if socket_is_patched():
                 return request[1](*request[2:])
             # The pool would print what the call raises: bring it back as a value.
-            ok, value = self._backend._hub.threadpool.apply(_capture, (request[1], request[2:]))
+            pending = self._backend._hub.threadpool.spawn(_capture, request[1], request[2:])
+            try:
+                ok, value = pending.get()
+            except BaseException:
+                # Abandoned (cancelled, timed out): close what arrives later.
+                pending.rawlink(_close_late_result)
+                raise
             if not ok:
                 raise value
             return value
