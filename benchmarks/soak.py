@@ -42,7 +42,6 @@ import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import shlex  # noqa: E402
-import socket  # noqa: E402
 import subprocess  # noqa: E402
 import threading  # noqa: E402
 import time  # noqa: E402
@@ -54,6 +53,7 @@ if REPO not in sys.path:  # measure the checkout this script lives in
 
 import rcf_sync  # noqa: E402
 from rcf_sync import ConnectionLost, ConnectTimeout  # noqa: E402
+from rcf_sync.testing import EchoServer  # noqa: E402
 
 __all__ = ["run_soak", "main"]
 
@@ -62,93 +62,6 @@ IO_TIMEOUT = 5.0
 JOIN_TIMEOUT = 30.0
 FULL = {"workers": 8, "greenlets": 200, "restarts": 200, "duration": 55.0}
 QUICK = {"workers": 4, "greenlets": 50, "restarts": 40, "duration": 4.0}
-
-
-class KillableEchoServer:
-    """A loopback echo server (a thread, or a greenlet under monkey-patching,
-    per connection) that can be killed -- listener and every connection
-    closed at once -- and restarted on the same port."""
-
-    def __init__(self):
-        self.port = None
-        self._lock = threading.Lock()
-        self._listener = None
-        self._conns = set()
-        self._threads = []
-
-    @property
-    def address(self):
-        return ("127.0.0.1", self.port)
-
-    def start(self):
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind(("127.0.0.1", self.port or 0))
-        listener.listen(128)
-        self.port = listener.getsockname()[1]
-        with self._lock:
-            self._listener = listener
-        self._spawn(self._accept_loop, listener)
-        return self
-
-    def _spawn(self, fn, *args):
-        t = threading.Thread(target=fn, args=args, name="soak-echo", daemon=True)
-        with self._lock:
-            self._threads = [x for x in self._threads if x.is_alive()]
-            self._threads.append(t)
-        t.start()
-
-    def _accept_loop(self, listener):
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                if self._listener is not listener:  # killed meanwhile
-                    conn.close()
-                    return
-                self._conns.add(conn)
-            self._spawn(self._serve, conn)
-
-    def _serve(self, conn):
-        try:
-            while True:
-                data = conn.recv(65536)
-                if not data:
-                    break
-                conn.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with self._lock:
-                self._conns.discard(conn)
-            conn.close()
-
-    def kill(self):
-        """Close the listener and every connection (each peer reads EOF)."""
-        with self._lock:
-            listener, self._listener = self._listener, None
-            conns = list(self._conns)
-        if listener is not None:
-            try:
-                listener.shutdown(socket.SHUT_RDWR)  # wakes accept() on Linux
-            except OSError:
-                pass
-            listener.close()
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def stop(self, timeout=5.0):
-        self.kill()
-        deadline = time.monotonic() + timeout
-        with self._lock:
-            threads = list(self._threads)
-        for t in threads:
-            t.join(max(0.0, deadline - time.monotonic()))
 
 
 def _echo(sock, payload):
@@ -199,7 +112,7 @@ def _soak_here(callers, restarts, duration, green):
         gevent.get_hub()  # its descriptors belong to the baseline
     baseline = _open_sockets()
     rng = random.Random(20261127)
-    server = KillableEchoServer().start()
+    server = EchoServer().start()
     factory = rcf_sync.ReconnectingClientFactory(initialDelay=0.005, maxDelay=0.05)
     client = rcf_sync.ReconnectingClient(server.address, factory=factory, backend="auto",
                                          name="soak")
@@ -248,7 +161,7 @@ def _soak_here(callers, restarts, duration, green):
         if time.monotonic() >= deadline:
             break
         time.sleep(rng.uniform(0.5, 0.85) * cycle)
-        server.kill()
+        server.stop()
         time.sleep(rng.uniform(0.0, 0.15) * cycle)
         server.start()
         done += 1

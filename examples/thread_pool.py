@@ -21,89 +21,14 @@ exits 0 when every job got its own reply.
 """
 
 import concurrent.futures
-import socket
 import sys
 import threading
 
 from rcf_sync import ReconnectingClient, ReconnectingClientFactory
+from rcf_sync.testing import EchoServer
 
 JOBS = 200
 WORKERS = 8
-
-
-class EchoServer:
-    """A loopback echo server (a thread per connection) that can be
-    restarted on the same port."""
-
-    MAX_ACCEPTS = 10000
-    MAX_READS = 100000
-
-    def __init__(self, host="127.0.0.1", port=0):
-        self.host, self.port = host, port
-        self._lock = threading.Lock()
-        self._conns = set()
-        self._threads = []
-        self._listener = None
-
-    def start(self):
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self.host, self.port))
-        listener.listen(64)
-        self.port = listener.getsockname()[1]
-        self._listener = listener
-        self._spawn(self._accept_loop, listener)
-        return self
-
-    def _spawn(self, fn, *args):
-        t = threading.Thread(target=fn, args=args, daemon=True)
-        with self._lock:
-            self._threads.append(t)
-        t.start()
-
-    def _accept_loop(self, listener):
-        for _ in range(self.MAX_ACCEPTS):
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                self._conns.add(conn)
-            self._spawn(self._echo, conn)
-
-    def _echo(self, conn):
-        try:
-            for _ in range(self.MAX_READS):
-                data = conn.recv(65536)
-                if not data:
-                    return
-                conn.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with self._lock:
-                self._conns.discard(conn)
-            conn.close()
-
-    def stop(self):
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            try:
-                listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            listener.close()
-        with self._lock:
-            conns = list(self._conns)
-        for conn in conns:
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        with self._lock:
-            threads, self._threads = self._threads, []
-        for t in threads:
-            t.join(5)
 
 
 def echo(sock, payload):

@@ -1,6 +1,5 @@
 """The ``demo`` and ``wait`` commands: what they run, apart from parsing."""
 
-import socket
 import ssl
 import sys
 import threading
@@ -10,81 +9,9 @@ from ._client import ReconnectingClient
 from ._connectors import TCPConnector
 from ._errors import ConnectTimeout, GaveUp, RCFError
 from ._state import State
+from .testing import EchoServer
 
-__all__ = ["EchoServer", "run_demo", "run_wait"]
-
-
-class EchoServer:
-    """A loopback echo server that can be killed (listener and every
-    connection closed) and restarted on the same port."""
-
-    def __init__(self, host="127.0.0.1"):
-        self.host = host
-        self.port = 0
-        self._listener = None
-        self._threads = []
-        self._conns = set()
-        self._lock = threading.Lock()
-
-    @property
-    def address(self):
-        return (self.host, self.port)
-
-    def start(self):
-        listener = socket.socket()
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self.host, self.port))
-        listener.listen(64)
-        self.port = listener.getsockname()[1]
-        self._listener = listener
-        t = threading.Thread(target=self._accept, args=(listener,), name="demo-server", daemon=True)
-        self._threads.append(t)
-        t.start()
-
-    def _accept(self, listener):
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                self._conns.add(conn)
-            t = threading.Thread(target=self._echo, args=(conn,), name="demo-echo", daemon=True)
-            self._threads.append(t)
-            t.start()
-
-    def _echo(self, conn):
-        try:
-            while True:
-                data = conn.recv(65536)
-                if not data:
-                    break
-                conn.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with self._lock:
-                self._conns.discard(conn)
-            conn.close()
-
-    def kill(self):
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            try:
-                listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            listener.close()
-        with self._lock:
-            conns = list(self._conns)
-        for c in conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        threads, self._threads = self._threads, []
-        for t in threads:
-            t.join(2)
+__all__ = ["run_demo", "run_wait"]
 
 
 def _echo(sock, payload):
@@ -162,7 +89,7 @@ def run_demo(factory, duration, out=sys.stdout):
                 break
             should_be_down = any(a <= now < b for a, b in outages)
             if should_be_down and not down:
-                server.kill()
+                server.stop()
                 down = True
                 say("server killed")
             elif down and not should_be_down:
@@ -194,7 +121,7 @@ def run_demo(factory, duration, out=sys.stdout):
                     out.flush()
             time.sleep(0.05)
         stats = client.stats
-    server.kill()
+    server.stop()
     if tty:
         out.write("\r\033[K")
     out.write(

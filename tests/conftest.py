@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+from rcf_sync.testing import EchoServer
+
 BACKENDS = ["thread", "gevent"]
 
 
@@ -21,112 +23,6 @@ def open_fds():
 
 def our_threads():
     return [t for t in threading.enumerate() if t.name.startswith("rcf_sync")]
-
-
-class EchoServer:
-    """A loopback echo server in its own thread that can be stopped (every
-    connection closed, the port released) and started again on the same
-    port. ``mode`` "echo" echoes; "silent" accepts and reads but never
-    answers; "greet" sends ``b"hello\\n"`` first."""
-
-    def __init__(self, host="127.0.0.1", mode="echo"):
-        self.host = host
-        self.mode = mode
-        self.port = None
-        self._listener = None
-        self._thread = None
-        self._conns = set()
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self.accepted = 0
-        self.accepted_event = threading.Event()
-        self._handlers = []
-
-    @property
-    def address(self):
-        return (self.host, self.port)
-
-    def start(self):
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        listener = socket.socket(family)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((self.host, self.port or 0))
-        listener.listen(128)
-        self.port = listener.getsockname()[1]
-        self._listener = listener
-        self._thread = threading.Thread(target=self._accept_loop, args=(listener,), daemon=True)
-        self._thread.start()
-        return self
-
-    def _accept_loop(self, listener):
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            with self._lock:
-                self._conns.add(conn)
-                self.accepted += 1
-                self._changed.notify_all()
-            self.accepted_event.set()
-            t = threading.Thread(target=self._handle, args=(conn,), daemon=True)
-            self._handlers.append(t)
-            t.start()
-
-    def _handle(self, conn):
-        try:
-            if self.mode == "greet":
-                conn.sendall(b"hello\n")
-            while True:
-                data = conn.recv(65536)
-                if not data or self.mode == "eof":
-                    break
-                if self.mode != "silent":
-                    conn.sendall(data)
-        except OSError:
-            pass
-        finally:
-            with self._lock:
-                self._conns.discard(conn)
-            conn.close()
-
-    def wait_accepted(self, n=1, timeout=5):
-        """Block until ``n`` connections were accepted in all."""
-        with self._lock:
-            return self._changed.wait_for(lambda: self.accepted >= n, timeout)
-
-    def connections(self):
-        with self._lock:
-            return len(self._conns)
-
-    def drop_all(self, reset=False):
-        """Close every accepted connection (RST when ``reset``)."""
-        with self._lock:
-            conns = list(self._conns)
-        for c in conns:
-            try:
-                if reset:
-                    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
-                c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    def stop(self):
-        """Stop listening and close every connection."""
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            try:
-                listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            listener.close()
-        if self._thread is not None:
-            self._thread.join(5)  # no accept after this, so drop_all sees every connection
-            self._thread = None
-        self.drop_all()
-        for t in self._handlers:
-            t.join(5)
-        self._handlers = []
 
 
 @pytest.fixture
@@ -283,3 +179,46 @@ def _new_sockets(fds_before):
         except OSError:
             pass
     return sockets
+
+
+def echo(sock, payload):
+    """One request: send ``payload`` and read as many bytes back."""
+    sock.sendall(payload)
+    got = b""
+    while len(got) < len(payload):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionResetError("closed mid-reply")
+        got += chunk
+    return got
+
+
+def unique_payload_run(kit, handle, server, workers=8, requests=40, restarts=5):
+    """Run ``workers`` callers doing ``handle.call(echo, ...)`` with payloads
+    nobody else sends while the server is restarted ``restarts`` times.
+    Returns (done, errors, mismatches); every error is ConnectionLost or
+    ConnectTimeout (anything else propagates from the join)."""
+    from rcf_sync import ConnectionLost, ConnectTimeout
+
+    mismatches, done, errors = [], [], []
+
+    def worker(n):
+        for i in range(requests):
+            payload = f"<{n}:{i}>".encode() * 8
+            try:
+                got = handle.call(echo, payload, attempts=3, timeout=5)
+            except (ConnectionLost, ConnectTimeout) as exc:
+                errors.append(exc)
+                continue
+            if got != payload:
+                mismatches.append((payload, got))
+            done.append(1)
+
+    spawned = [kit.spawn(worker, n) for n in range(workers)]
+    for _ in range(restarts):
+        kit.sleep(0.02)  # let requests run between restarts
+        server.stop()
+        server.start()
+    kit.join_all(spawned, 60)
+    assert len(done) + len(errors) == workers * requests
+    return done, errors, mismatches

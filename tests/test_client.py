@@ -18,7 +18,7 @@ from rcf_sync import (
 )
 from rcf_sync.testing import FakeClock
 
-from conftest import our_threads
+from conftest import echo, our_threads, unique_payload_run
 
 S = State
 
@@ -31,17 +31,6 @@ def make(kit, target, clock=None, **kw):
         factory = (ReconnectingClientFactory(initialDelay=1.0, jitter=0) if clock is not None
                    else ReconnectingClientFactory(initialDelay=0.01, maxDelay=0.1, jitter=0))
     return ReconnectingClient(target, factory=factory, backend=kit.name, clock=clock, **kw)
-
-
-def echo(sock, payload):
-    sock.sendall(payload)
-    got = b""
-    while len(got) < len(payload):
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionResetError("closed mid-reply")
-        got += chunk
-    return got
 
 
 def test_first_attempt_is_immediate(kit, server, no_leaks):
@@ -507,31 +496,9 @@ def test_stats_snapshot(kit, server, no_leaks):
 def test_many_callers_never_get_another_callers_reply(kit, server, no_leaks):
     """If many callers share one client while the server restarts, then no caller ever receives another caller's bytes."""
     factory = ReconnectingClientFactory(initialDelay=0.01, maxDelay=0.05, jitter=0)
-    mismatches, done, errors = [], [], []
-    c = ReconnectingClient(server.address, factory=factory, backend=kit.name).start()
-
-    def worker(n):
-        for i in range(40):
-            payload = f"<{n}:{i}>".encode() * 8
-            try:
-                got = c.call(echo, payload, attempts=3, timeout=5)
-            except (ConnectionLost, ConnectTimeout) as exc:
-                errors.append(exc)
-                continue
-            if got != payload:
-                mismatches.append((payload, got))
-            done.append(1)
-
-    workers = [kit.spawn(worker, n) for n in range(8)]
-    for _ in range(5):
-        kit.sleep(0.02)
-        server.stop()
-        server.start()
-    kit.join_all(workers, 60)
-    c.close()
-    assert mismatches == []
-    assert len(done) + len(errors) == 8 * 40
-    assert len(done) > 0
+    with ReconnectingClient(server.address, factory=factory, backend=kit.name) as c:
+        done, errors, mismatches = unique_payload_run(kit, c, server, workers=8, requests=40)
+    assert mismatches == [] and done
 
 
 def test_thread_backend_uses_bounded_threads(server, no_leaks):

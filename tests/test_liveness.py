@@ -8,7 +8,7 @@ import rcf_sync
 from rcf_sync import ReconnectingClient, ReconnectingClientFactory, State
 from rcf_sync.testing import FaultProxy
 
-from test_client import echo
+from conftest import echo
 
 
 def test_keepalive_is_on_by_default(kit, server, no_leaks):

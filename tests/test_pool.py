@@ -16,7 +16,7 @@ from rcf_sync import (
 )
 from rcf_sync.testing import FakeClock
 
-from test_client import echo
+from conftest import echo, unique_payload_run
 
 S = State
 
@@ -158,30 +158,10 @@ def test_gave_up_pool_raises(kit, free_port, server, no_leaks):
 
 def test_workers_never_get_another_callers_reply(kit, server, no_leaks):
     """If workers share a pool while the server restarts, then no caller ever receives another caller's bytes."""
-    mismatches, done, errors = [], [], []
-    pool = make_pool(kit, server.address, 4).start()
-
-    def worker(n):
-        for i in range(30):
-            payload = f"<{n}:{i}>".encode() * 8
-            try:
-                got = pool.call(echo, payload, attempts=3, timeout=5)
-            except (ConnectionLost, ConnectTimeout) as exc:
-                errors.append(exc)
-                continue
-            if got != payload:
-                mismatches.append((payload, got))
-            done.append(1)
-
-    workers = [kit.spawn(worker, n) for n in range(8)]
-    for _ in range(4):
-        kit.sleep(0.02)
-        server.stop()
-        server.start()
-    kit.join_all(workers, 60)
-    pool.close()
-    assert mismatches == []
-    assert len(done) + len(errors) == 8 * 30 and done
+    with make_pool(kit, server.address, 4) as pool:
+        done, errors, mismatches = unique_payload_run(kit, pool, server, workers=8, requests=30,
+                                                      restarts=4)
+    assert mismatches == [] and done
 
 
 def test_bad_size(server, no_leaks):

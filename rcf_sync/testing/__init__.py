@@ -1,9 +1,12 @@
-"""Tools for testing code that uses rcf_sync: a fake clock and a fault proxy."""
+"""Tools for testing code that uses rcf_sync: a fake clock, a fault proxy
+and a loopback echo server."""
 
 from ._clock import FakeClock
+from ._echo import EchoServer
 from ._proxy import FaultProxy
 
-__all__ = ["FakeClock", "FaultProxy"]
+__all__ = ["FakeClock", "FaultProxy", "EchoServer"]
 
-FakeClock.__module__ = __name__
-FaultProxy.__module__ = __name__
+for _cls in (FakeClock, FaultProxy, EchoServer):
+    _cls.__module__ = __name__
+del _cls

@@ -1,0 +1,150 @@
+"""``EchoServer``: a loopback echo server to point clients at in tests,
+demos and examples, which can be killed and restarted on the same port."""
+
+import ipaddress
+import socket
+import threading
+
+__all__ = ["EchoServer"]
+
+_MODES = ("echo", "silent", "eof")
+
+
+def _check_loopback(host):
+    if host == "localhost":
+        return
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return
+    except ValueError:
+        pass
+    raise ValueError(f"EchoServer listens on loopback only, got host {host!r}")
+
+
+class EchoServer:
+    """A loopback TCP server: one thread accepts, one thread per connection
+    answers. ``mode``: ``"echo"`` sends back what it reads; ``"silent"``
+    reads and never answers; ``"eof"`` reads one chunk and closes.
+
+    :meth:`start` listens (again on the same port after a :meth:`stop`);
+    :meth:`stop` closes the listener and every connection (each peer reads
+    end-of-file) and joins the threads; :meth:`drop_all` closes (or resets)
+    the open connections but keeps listening. Also a context manager.
+    ``ValueError`` for a host that is not loopback or an unknown mode.
+    Thread-safe; under gevent's monkey-patching its threads are greenlets.
+    """
+
+    def __init__(self, host="127.0.0.1", port=0, mode="echo"):
+        _check_loopback(host)
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {', '.join(_MODES)}, got {mode!r}")
+        self.host = host
+        self.port = port
+        self.mode = mode
+        self.accepted = 0
+        self._listener = None
+        self._thread = None
+        self._handlers = []
+        self._conns = set()
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+
+    @property
+    def address(self):
+        """``(host, port)`` it listens on."""
+        return (self.host, self.port)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    def start(self):
+        """Listen (on the same port as before, if it ran already); returns ``self``."""
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        listener = socket.socket(family)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((self.host, self.port or 0))
+            listener.listen(128)
+        except BaseException:
+            listener.close()
+            raise
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        self._thread = threading.Thread(target=self._accept_loop, args=(listener,),
+                                        name="echo-accept", daemon=True)
+        self._thread.start()
+        return self
+
+    def _accept_loop(self, listener):
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            handler = threading.Thread(target=self._handle, args=(conn,), name="echo-conn",
+                                       daemon=True)
+            with self._lock:
+                self._conns.add(conn)
+                self.accepted += 1
+                self._handlers = [t for t in self._handlers if t.is_alive()]
+                self._handlers.append(handler)
+                self._changed.notify_all()
+            handler.start()
+
+    def _handle(self, conn):
+        try:
+            while True:
+                data = conn.recv(65536)
+                if not data or self.mode == "eof":
+                    break
+                if self.mode == "echo":
+                    conn.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
+            conn.close()
+
+    def wait_accepted(self, n=1, timeout=5):
+        """Block until ``n`` connections were accepted in all; False on timeout."""
+        with self._lock:
+            return self._changed.wait_for(lambda: self.accepted >= n, timeout)
+
+    def connections(self):
+        """How many connections are open now."""
+        with self._lock:
+            return len(self._conns)
+
+    def drop_all(self, reset=False):
+        """Close every open connection (with an RST when ``reset``); keep listening."""
+        with self._lock:
+            conns = list(self._conns)
+        for c in conns:
+            try:
+                if reset:
+                    c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def stop(self, timeout=5):
+        """Stop listening, close every connection, join the threads. Idempotent."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                listener.shutdown(socket.SHUT_RDWR)  # wakes accept() on Linux
+            except OSError:
+                pass
+            listener.close()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout)  # no accept after this: drop_all sees every connection
+        self.drop_all()
+        with self._lock:
+            handlers, self._handlers = self._handlers, []
+        for t in handlers:
+            t.join(timeout)
