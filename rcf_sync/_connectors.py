@@ -24,6 +24,7 @@ import numbers
 import os
 import re
 import socket
+import _socket
 import ssl
 
 from ._errors import NotConnectingError
@@ -300,8 +301,10 @@ class TCPConnector(_SocketConnector):
 
     def _addresses(self):
         try:
-            infos = socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM, 0,
-                                       socket.AI_NUMERICHOST)
+            # A numeric address never blocks: ask the C library directly (the
+            # socket module's function may be gevent's, which uses threads).
+            infos = _socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM, 0,
+                                        socket.AI_NUMERICHOST)
         except socket.gaierror:
             infos = yield ("resolve", self.host, self.port)
         return [(af, st, proto, sa) for af, st, proto, _, sa in infos]
