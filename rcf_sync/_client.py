@@ -64,6 +64,7 @@ class ReconnectingClient(_Handle):
         super().__init__(connector, factory, backend, clock, on_connect, on_disconnect, name,
                          on_connect_timeout)
         self._heartbeat = heartbeat
+        self._stamp_use = heartbeat is not None
         self._conn = None
         self._attempt = None
         self._attempts_started = 0
@@ -128,8 +129,8 @@ class ReconnectingClient(_Handle):
         """Receive up to ``bufsize`` bytes (waiting for a connection first).
         A peer that closed the connection raises ``ConnectionLost`` (never an
         empty ``b""``)."""
-        if not isinstance(bufsize, numbers.Integral) or isinstance(bufsize, bool) \
-                or not 0 < bufsize <= _MAX_BUFSIZE:
+        if not (type(bufsize) is int or isinstance(bufsize, numbers.Integral)) \
+                or isinstance(bufsize, bool) or not 0 < bufsize <= _MAX_BUFSIZE:
             raise ValueError(f"bufsize must be an integer in 1..{_MAX_BUFSIZE}, got {bufsize!r}")
         deadline = _deadline(timeout)
         with self._lease_until(deadline) as sock:

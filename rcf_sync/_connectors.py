@@ -47,6 +47,7 @@ UNIXAddress.__doc__ = "Where a Unix connector connects: the socket's path."
 #: Connect timeout used when none is given, as Twisted's ``connectTCP``.
 DEFAULT_TIMEOUT = 30.0
 
+_INET_FAMILIES = tuple(getattr(socket, name) for name in ("AF_INET", "AF_INET6") if hasattr(socket, name))
 _IN_PROGRESS = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, getattr(errno, "WSAEWOULDBLOCK", -1)}
 
 
@@ -192,7 +193,7 @@ class _SocketConnector(Connector):
         """Generator step(s) producing a list of getaddrinfo-style tuples."""
         raise NotImplementedError
 
-    def _prepare(self, sock):
+    def _prepare(self, sock, family):
         for level, option, value in self._socket_options:
             sock.setsockopt(level, option, value)
 
@@ -205,7 +206,7 @@ class _SocketConnector(Connector):
             sock = socket.socket(family, type_, proto)
             try:
                 sock.setblocking(False)
-                self._prepare(sock)
+                self._prepare(sock, family)
                 err = sock.connect_ex(sockaddr)
                 if err in _IN_PROGRESS:
                     yield ("writable", sock)
@@ -289,6 +290,7 @@ class TCPConnector(_SocketConnector):
         self._socket_options = _check_options(socket_options)
         self.keepalive = bool(keepalive)
         self._keepalive = (keepalive_idle, keepalive_interval, keepalive_count)
+        self._numeric = None  # the addresses, when host is an IP literal
 
     def getDestination(self):
         """``TCPAddress("TCP", host, port)``."""
@@ -300,17 +302,24 @@ class TCPConnector(_SocketConnector):
         return f"{host}:{self.port}"
 
     def _addresses(self):
-        try:
-            # A numeric address never blocks: ask the C library directly (the
-            # socket module's function may be gevent's, which uses threads).
-            infos = _socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM, 0,
-                                        socket.AI_NUMERICHOST)
-        except socket.gaierror:
-            infos = yield ("resolve", self.host, self.port)
+        numeric = self._numeric
+        if numeric is None:
+            try:
+                # A numeric address never blocks: ask the C library directly
+                # (socket.getaddrinfo may be gevent's, which uses threads), once.
+                infos = _socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM, 0,
+                                            socket.AI_NUMERICHOST)
+                numeric = [(af, st, proto, sa) for af, st, proto, _, sa in infos]
+            except socket.gaierror:
+                numeric = ()
+            self._numeric = numeric
+        if numeric:
+            return numeric
+        infos = yield ("resolve", self.host, self.port)
         return [(af, st, proto, sa) for af, st, proto, _, sa in infos]
 
-    def _prepare(self, sock):
-        if sock.family in (socket.AF_INET, getattr(socket, "AF_INET6", None)):
+    def _prepare(self, sock, family):
+        if family in _INET_FAMILIES:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.keepalive:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -320,7 +329,7 @@ class TCPConnector(_SocketConnector):
                 if self._keepalive[0] is not None and not hasattr(socket, "TCP_KEEPIDLE") \
                         and hasattr(socket, "TCP_KEEPALIVE"):
                     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPALIVE, self._keepalive[0])
-        super()._prepare(sock)
+        super()._prepare(sock, family)
         if self.source_address is not None:
             sock.bind(self.source_address)
 

@@ -61,7 +61,7 @@ class Stats:
 
 
 class _Connection:
-    __slots__ = ("sock", "watch", "leased", "dead", "peer_closed", "idle_data", "serial",
+    __slots__ = ("sock", "watch", "leased", "dead", "peer_closed", "serial",
                  "heartbeat", "last_used")
 
     def __init__(self, sock, serial):
@@ -71,7 +71,6 @@ class _Connection:
         self.leased = False
         self.dead = False
         self.peer_closed = False
-        self.idle_data = False
         self.heartbeat = None
         self.last_used = time.monotonic()
 
@@ -105,12 +104,14 @@ class _Lease:
 
     def __init__(self, client, timeout):
         self._client = client
-        self._timeout = _check_timeout(timeout)
+        self._timeout = None if timeout is None else _check_timeout(timeout)
         self._conn = None
 
     def __enter__(self):
-        self._conn = self._client._acquire(_deadline(self._timeout))
-        return self._conn.sock
+        timeout = self._timeout
+        self._conn = conn = self._client._acquire(
+            None if timeout is None else time.monotonic() + timeout)
+        return conn.sock
 
     def __exit__(self, exc_type, exc, tb):
         conn, self._conn = self._conn, None
@@ -143,9 +144,12 @@ class _Handle:
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._lock = self._backend.lock()
-        self._changed = self._backend.event()
+        self._changed = None  # broadcast event, made when someone waits
         self._waiters = 0
-        self._queue = collections.deque()  # _Ticket of callers waiting for a lease, oldest first
+        self._queue = ()  # then a deque of _Ticket, callers waiting for a lease, oldest first
+        self._pause_watch = self._backend.watch_pauses
+        self._stamp_use = False  # keep conn.last_used (for a heartbeat)
+        self._keeps_idle = False  # a released connection goes to _returned_locked
         self._state = State.IDLE
         self._closed = False
         self._serial = 0
@@ -228,7 +232,7 @@ class _Handle:
         idempotent work. ``timeout`` bounds the whole call, waits included."""
         if attempts is not None and (not isinstance(attempts, numbers.Integral) or attempts < 1):
             raise ValueError(f"attempts must be an integer >= 1 or None, got {attempts!r}")
-        deadline = _deadline(timeout)
+        deadline = None if timeout is None else _deadline(timeout)
         runs = 0
         while True:
             runs += 1
@@ -357,6 +361,8 @@ class _Handle:
             self._forget_locked(conn, exc)
         if wait:
             self._on_loop(lambda: self._lost(conn, exc))
+        elif self._backend.in_loop():
+            self._lost(conn, exc)
         else:
             self._backend.call_soon(self._lost, conn, exc)
         return True
@@ -382,6 +388,12 @@ class _Handle:
     def _acquire(self, deadline):
         # Fair: a newcomer takes a free connection only when nobody is queued;
         # queued callers are handed connections in order (_handoff_locked).
+        with self._lock:
+            conn = None if self._queue else self._take_locked()
+        if conn is not None:  # the usual case: no wait, one lock block
+            if self._pause_watch and conn.watch is not None:
+                conn.watch.pause()
+            return conn
         ticket = None
         try:
             while True:
@@ -396,6 +408,8 @@ class _Handle:
                     self._raise_if_hopeless_locked()
                     if ticket is None:
                         ticket = _Ticket()
+                        if not self._queue:
+                            self._queue = collections.deque()
                         self._queue.append(ticket)
                     event = ticket.event = self._backend.event()
                     more = self._wants_more_locked()
@@ -416,9 +430,8 @@ class _Handle:
                 if handed is not None:  # given to us just as we gave up: pass it on
                     self._release(handed, None)
             raise
-        watch = conn.watch
-        if watch is not None:
-            watch.pause()
+        if self._pause_watch and conn.watch is not None:
+            conn.watch.pause()
         return conn
 
     def _handoff_locked(self, conn):
@@ -451,22 +464,23 @@ class _Handle:
                 exc = error
         if exc is None:
             with self._lock:
-                conn.last_used = time.monotonic()
+                if self._stamp_use:
+                    conn.last_used = time.monotonic()
                 dead = conn.peer_closed or conn.dead
                 handed = False
                 if dead:
                     conn.leased = False
-                else:
+                elif self._queue:
                     handed = self._handoff_locked(conn)
-                    if not handed:
-                        conn.leased = False
+                else:
+                    conn.leased = False
+                    if self._keeps_idle:
                         self._returned_locked(conn)
             if dead:
                 self._mark_lost(conn, ConnectionResetError("the peer closed the connection"), wait=True)
                 return False
             watch = conn.watch
-            if watch is not None and not handed:
-                conn.idle_data = False
+            if watch is not None and not handed and watch.idle_off:
                 watch.resume()
             return False
         with self._lock:
@@ -485,6 +499,8 @@ class _Handle:
 
     def _wait_event_locked(self):
         self._waiters += 1
+        if self._changed is None:
+            self._changed = self._backend.event()
         return self._changed
 
     def _wait(self, event, deadline):
@@ -498,9 +514,9 @@ class _Handle:
                 self._waiters -= 1
 
     def _notify_locked(self):
-        event = self._changed
-        self._changed = self._backend.event()
-        event.set()
+        event, self._changed = self._changed, None
+        if event is not None:
+            event.set()
 
     def _changed_locked(self):
         """Lock held: something waiters care about changed."""
@@ -566,6 +582,7 @@ class _TrackingClock:
     def __init__(self, clock):
         self._clock = clock
         self._calls = []
+        self._prune_at = 8
 
     def seconds(self):
         return self._clock.seconds()
@@ -573,9 +590,10 @@ class _TrackingClock:
     def callLater(self, delay, fn, *args, **kw):
         call = self._clock.callLater(delay, fn, *args, **kw)
         calls = self._calls
-        if len(calls) > 8:
-            calls[:] = [c for c in calls if c.active()]
         calls.append(call)
+        if len(calls) > self._prune_at:
+            calls[:] = [c for c in calls if c.active()]
+            self._prune_at = max(8, 2 * len(calls))
         return call
 
     def getDelayedCalls(self):

@@ -43,6 +43,7 @@ class ReconnectingPool(_Handle):
         super().__init__(connector, factory, backend, clock, on_connect, on_disconnect, name,
                          on_connect_timeout)
         self.size = int(size)
+        self._keeps_idle = True
         self._idle = collections.deque()
         self._conns = set()      # live connections, idle or leased
         self._attempts = set()   # _Pending handles in flight

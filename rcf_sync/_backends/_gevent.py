@@ -288,21 +288,25 @@ class _IdleWatch:
         self._callback = callback
         self._watcher = backend._hub.loop.io(sock.fileno(), 1)
         self._watcher.start(self._fire)
+        self.idle_off = False  # True while stopped: resume() restarts it
 
     def _fire(self):
         w = self._watcher
         if w is not None:
             w.stop()
+            self.idle_off = True
             _guard(self._callback)
 
     def pause(self):
         if self._watcher is not None:
             self._watcher.stop()
+            self.idle_off = True
 
     def resume(self):
         w = self._watcher
         if w is not None and not w.active:
             w.start(self._fire)
+        self.idle_off = False
 
     def close(self):
         w, self._watcher = self._watcher, None
@@ -315,6 +319,7 @@ class GeventBackend:
     """Backend running clients on the current thread's gevent hub."""
 
     name = "gevent"
+    watch_pauses = True  # a read watcher: stopped while a caller holds the socket
     event = staticmethod(gevent.event.Event)
     lock = staticmethod(_RealLock)
 

@@ -483,7 +483,7 @@ class _IdleWatch:
         self._sock = sock
         self._callback = callback
         self._closed = False
-        self._fired = False
+        self.idle_off = False  # True once it fired (a one-shot): resume() re-arms
         runtime.post(self._arm)
 
     def _arm(self):
@@ -495,7 +495,7 @@ class _IdleWatch:
 
     def _fire(self):
         if not self._closed:
-            self._fired = True
+            self.idle_off = True
             self._callback()
 
     def pause(self):
@@ -503,8 +503,8 @@ class _IdleWatch:
 
     def resume(self):
         """Watch again if the watch fired (and was disarmed) meanwhile."""
-        if self._fired and not self._closed:
-            self._fired = False
+        if self.idle_off and not self._closed:
+            self.idle_off = False
             self._rt.post(self._arm)
 
     def close(self):
@@ -521,6 +521,7 @@ class ThreadBackend:
     """Backend running clients on the shared background threads."""
 
     name = "thread"
+    watch_pauses = False  # idle watches wake on hang-up only, never on replies
 
     def __init__(self):
         self._rt = get_runtime()
