@@ -9,20 +9,9 @@ from ._client import ReconnectingClient
 from ._connectors import TCPConnector
 from ._errors import ConnectTimeout, GaveUp, RCFError
 from ._state import State
-from .testing import EchoServer
+from .testing import EchoServer, echo_round_trip
 
 __all__ = ["run_demo", "run_wait"]
-
-
-def _echo(sock, payload):
-    sock.sendall(payload)
-    got = b""
-    while len(got) < len(payload):
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionResetError("closed mid-reply")
-        got += chunk
-    return got
 
 
 def _next_delay(factory):
@@ -107,7 +96,7 @@ def run_demo(factory, duration, out=sys.stdout):
                 n += 1
                 payload = f"request {n}".encode()
                 try:
-                    if client.call(_echo, payload, attempts=1, timeout=0.5) == payload:
+                    if client.call(echo_round_trip, payload, attempts=1, timeout=0.5) == payload:
                         served += 1
                 except RCFError as exc:
                     failed += 1

@@ -9,6 +9,7 @@ import time
 import pytest
 
 from rcf_sync.testing import EchoServer
+from rcf_sync.testing import echo_round_trip as echo  # noqa: F401 (for the test modules)
 
 BACKENDS = ["thread", "gevent"]
 
@@ -179,18 +180,6 @@ def _new_sockets(fds_before):
         except OSError:
             pass
     return sockets
-
-
-def echo(sock, payload):
-    """One request: send ``payload`` and read as many bytes back."""
-    sock.sendall(payload)
-    got = b""
-    while len(got) < len(payload):
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionResetError("closed mid-reply")
-        got += chunk
-    return got
 
 
 def unique_payload_run(kit, handle, server, workers=8, requests=40, restarts=5):

@@ -5,7 +5,7 @@ import ipaddress
 import socket
 import threading
 
-__all__ = ["EchoServer"]
+__all__ = ["EchoServer", "echo_round_trip"]
 
 _MODES = ("echo", "silent", "eof")
 
@@ -148,3 +148,18 @@ class EchoServer:
             handlers, self._handlers = self._handlers, []
         for t in handlers:
             t.join(timeout)
+
+
+def echo_round_trip(sock, payload):
+    """Send ``payload`` on ``sock`` and read back exactly as many bytes (one
+    request to an :class:`EchoServer`); ``ConnectionResetError`` if the peer
+    closes first. Meant for ``client.call(echo_round_trip, payload)``."""
+    sock.sendall(payload)
+    got = b""
+    while len(got) < len(payload):
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionResetError(f"peer closed after {len(got)} of {len(payload)} bytes")
+        got += chunk
+    return got
+
