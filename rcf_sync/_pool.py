@@ -224,6 +224,7 @@ class ReconnectingPool(_Handle):
 
     def _lost(self, conn, exc):
         self._close_conn(conn)
+        self.factory.doStop()  # each connection was one doStart()
         if self._closed:
             return
         if self._on_disconnect is not None:
@@ -244,6 +245,7 @@ class ReconnectingPool(_Handle):
             for conn in conns:
                 conn.dead = True
                 self._close_conn(conn)
+                self.factory.doStop()
             self._connector._release(self)
 
     # -- connector side (the factory's retries land here) -------------------------
