@@ -20,13 +20,13 @@ def get_backend(name="auto"):
     if name == "auto":
         name = "gevent" if socket_is_patched() else "thread"
     if name == "thread":
-        from ._thread import ThreadBackend
+        from ._thread import shared_backend
 
-        return ThreadBackend()
+        return shared_backend()
     if name == "gevent":
-        from ._gevent import GeventBackend
+        from ._gevent import shared_backend
 
-        return GeventBackend()
+        return shared_backend()
     raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
 
 

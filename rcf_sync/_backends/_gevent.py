@@ -368,3 +368,18 @@ class GeventBackend:
 
     def __repr__(self):
         return "<GeventBackend>"
+
+
+_per_hub = {}
+
+
+def shared_backend():
+    """The :class:`GeventBackend` of the current thread's hub (one per hub,
+    dropped when that hub is destroyed)."""
+    hub = gevent.get_hub()
+    backend = _per_hub.get(id(hub))
+    if backend is None or backend._hub is not hub:
+        backend = GeventBackend()
+        _per_hub[id(hub)] = backend
+    return backend
+

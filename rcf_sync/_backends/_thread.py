@@ -562,3 +562,14 @@ class ThreadBackend:
 
     def __repr__(self):
         return "<ThreadBackend>"
+
+
+_shared = []
+
+
+def shared_backend():
+    """The process's one :class:`ThreadBackend` (it holds no per-client state)."""
+    if not _shared:
+        _shared.append(ThreadBackend())
+    return _shared[0]
+
