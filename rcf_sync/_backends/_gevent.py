@@ -202,36 +202,49 @@ def _tls(raw, connector):
 
 
 class _Attempt:
+    """Drives one connection-attempt generator in a greenlet.
+
+    The attempt's deadline is applied per wait (a socket wait gets the time
+    left as its timeout), so the usual connect costs no extra timer; steps
+    that are not socket waits run under a ``gevent.Timeout`` for the time left.
+    """
+
     def __init__(self, backend, steps, timeout, deliver):
         self._backend = backend
         self._deliver = deliver
         self._timeout = timeout
+        self._deadline = None if timeout is None else time.monotonic() + timeout
         self._cancelled = False
         self._glet = gevent.spawn(self._run, steps)
         backend._greenlets.add(self._glet)
         self._glet.link(lambda g: backend._greenlets.discard(g))
 
     def _run(self, steps):
-        timer = _GTimeout(self._timeout) if self._timeout is not None else None
-        if timer is not None:
-            timer.start()
         try:
             sock = self._trampoline(steps)
         except gevent.GreenletExit:
             return
         except BaseException as exc:
             if isinstance(exc, _GTimeout):
-                exc = TimeoutError(f"timed out after {self._timeout:g}s")
+                exc = self._timed_out()
             if not self._cancelled:
                 self._deliver(None, exc)
             return
-        finally:
-            if timer is not None:
-                timer.close()
         if self._cancelled:
             sock.close()
         else:
             self._deliver(sock, None)
+
+    def _timed_out(self):
+        return TimeoutError(f"timed out after {self._timeout:g}s")
+
+    def _left(self):
+        if self._deadline is None:
+            return None
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise self._timed_out()
+        return left
 
     def _trampoline(self, gen):
         value, exc = None, None
@@ -249,32 +262,38 @@ class _Attempt:
     def _perform(self, request):
         kind = request[0]
         if kind == "writable":
-            return gevent.socket.wait_write(request[1].fileno())
+            return gevent.socket.wait_write(request[1].fileno(), timeout=self._left(),
+                                            timeout_exc=self._timed_out())
         if kind == "readable":
-            return gevent.socket.wait_read(request[1].fileno())
-        if kind == "resolve":
-            return gevent.socket.getaddrinfo(request[1], request[2], 0, socket.SOCK_STREAM)
-        if kind == "tls":
-            return _tls(request[1], request[2])
+            return gevent.socket.wait_read(request[1].fileno(), timeout=self._left(),
+                                           timeout_exc=self._timed_out())
         if kind == "adopt":
             return _to_gevent_socket(request[1])
-        if kind == "call":
-            if socket_is_patched():
+        with _GTimeout(self._left()):
+            if kind == "resolve":
+                return gevent.socket.getaddrinfo(request[1], request[2], 0, socket.SOCK_STREAM)
+            if kind == "tls":
+                return _tls(request[1], request[2])
+            if kind == "call":
+                return self._call_blocking(request[1], request[2:])
+            if kind == "hook":
                 return request[1](*request[2:])
-            # The pool would print what the call raises: bring it back as a value.
-            pending = self._backend._hub.threadpool.spawn(_capture, request[1], request[2:])
-            try:
-                ok, value = pending.get()
-            except BaseException:
-                # Abandoned (cancelled, timed out): close what arrives later.
-                pending.rawlink(_close_late_result)
-                raise
-            if not ok:
-                raise value
-            return value
-        if kind == "hook":
-            return request[1](*request[2:])
         raise RuntimeError(f"unknown attempt step {kind!r}")
+
+    def _call_blocking(self, fn, args):
+        if socket_is_patched():
+            return fn(*args)
+        # The pool would print what the call raises: bring it back as a value.
+        pending = self._backend._hub.threadpool.spawn(_capture, fn, args)
+        try:
+            ok, value = pending.get()
+        except BaseException:
+            # Abandoned (cancelled, timed out): close what arrives later.
+            pending.rawlink(_close_late_result)
+            raise
+        if not ok:
+            raise value
+        return value
 
     def cancel(self):
         if not self._cancelled:
