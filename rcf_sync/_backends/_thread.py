@@ -257,8 +257,12 @@ class _Runtime:
 
     def post(self, fn, *args):
         """Run ``fn(*args)`` on the loop thread soon. Thread-safe."""
-        self._ready.append((fn, args))
-        if self._sleeping or self._thread is None:
+        ready = self._ready
+        was_empty = not ready
+        ready.append((fn, args))
+        # The loop looks at the queue after it marks itself asleep, so only
+        # the post that finds the queue empty has to wake it.
+        if (was_empty and self._sleeping) or self._thread is None:
             self.wake()
 
     def schedule(self, when, fn, args, kw):
@@ -484,7 +488,10 @@ class _IdleWatch:
         self._callback = callback
         self._closed = False
         self.idle_off = False  # True once it fired (a one-shot): resume() re-arms
-        runtime.post(self._arm)
+        if runtime.in_loop():
+            self._arm()
+        else:
+            runtime.post(self._arm)
 
     def _arm(self):
         if not self._closed:
