@@ -388,8 +388,8 @@ class ReconnectingClient(_Handle):
         finally:
             self._factory_clock.cancel_all()
             attempt, self._attempt = self._attempt, None
-            if isinstance(attempt, _Pending):
-                attempt.attempt.cancel()
+            if attempt is not None:
+                attempt.cancel()  # also when startedConnecting() has not returned yet
                 self.factory.doStop()
             with self._lock:
                 conn, self._conn = self._conn, None
