@@ -33,6 +33,8 @@ from rcf_sync import (
 )
 from rcf_sync.testing import FakeClock, FaultProxy
 
+from conftest import HungListener
+
 S = State
 IO_TIMEOUT = 5.0  # socket timeout for a request that should complete at once
 PROMPT = 1.0  # what "returns promptly" means here, in seconds
@@ -166,22 +168,12 @@ class LoopServer:
             t.join(5)
 
 
-class SynHole:
-    """A loopback listener whose backlog is full: a connect to it hangs in
-    SYN-SENT, as to a black-holed address. :meth:`heal` frees the backlog
+class SynHole(HungListener):
+    """A :class:`HungListener` that can heal: :meth:`heal` frees the backlog
     and serves echo on the same port."""
 
     def __init__(self):
-        self._listener = socket.socket()
-        self._listener.bind(("127.0.0.1", 0))
-        self._listener.listen(0)
-        self.address = self._listener.getsockname()
-        self._fillers = []
-        for _ in range(4):
-            f = socket.socket()
-            f.setblocking(False)
-            f.connect_ex(self.address)
-            self._fillers.append(f)
+        super().__init__()
         self.server = None
 
     def heal(self):
