@@ -55,6 +55,19 @@ _POLLRDHUP = getattr(select, "POLLRDHUP", 0)
 _DEAD_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.ENOTCONN}
 
 
+_poll_found = []
+
+
+def _real_poll():
+    """The standard library's ``select.poll`` (never gevent's), or None."""
+    if not _poll_found:
+        try:
+            _poll_found.append(original("select", "poll"))
+        except AttributeError:
+            _poll_found.append(None)
+    return _poll_found[0]
+
+
 def peer_gone(sock):
     """Without blocking, tell whether the peer of an idle ``sock`` has closed
     or reset it (True), or whether it is open, possibly with unread data
@@ -65,10 +78,7 @@ def peer_gone(sock):
         return True
     if fd < 0:
         return True
-    try:
-        poll = original("select", "poll")
-    except AttributeError:
-        poll = None
+    poll = _real_poll()
     if poll is not None and _POLLRDHUP:
         p = poll()
         p.register(fd, select.POLLIN | _POLLRDHUP)

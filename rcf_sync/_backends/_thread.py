@@ -267,8 +267,9 @@ class _Runtime:
 
     def schedule(self, when, fn, args, kw):
         call = self.timers.schedule(when, fn, args, kw)
-        with self._lock:
-            self._ensure_running()
+        if self._thread is None or not self.in_loop():
+            with self._lock:
+                self._ensure_running()
         return call
 
     def wake(self):
