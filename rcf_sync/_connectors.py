@@ -105,6 +105,20 @@ def _check_options(socket_options):
     return options
 
 
+_socket_class = []
+
+
+def _stdlib_socket():
+    # The attempt steps do their own non-blocking I/O and waiting; a gevent
+    # socket (under monkey-patching) would add its own layer to every call.
+    # Backends turn the result into what their callers need ("adopt").
+    if not _socket_class:
+        from ._backends._base import original
+
+        _socket_class.append(original("socket", "socket"))
+    return _socket_class[0]
+
+
 class Connector:
     """Base of the built-in connectors: Twisted's ``IConnector`` shape.
 
@@ -202,8 +216,9 @@ class _SocketConnector(Connector):
         if not addresses:
             raise OSError(f"no addresses for {self.describe()}")
         last_error = None
+        socket_class = _stdlib_socket()
         for family, type_, proto, sockaddr in addresses:
-            sock = socket.socket(family, type_, proto)
+            sock = socket_class(family, type_, proto)
             try:
                 sock.setblocking(False)
                 self._prepare(sock, family)

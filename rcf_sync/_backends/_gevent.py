@@ -217,7 +217,6 @@ class _Attempt:
         self._cancelled = False
         self._glet = gevent.spawn(self._run, steps)
         backend._greenlets.add(self._glet)
-        self._glet.link(lambda g: backend._greenlets.discard(g))
 
     def _run(self, steps):
         try:
@@ -230,6 +229,8 @@ class _Attempt:
             if not self._cancelled:
                 self._deliver(None, exc)
             return
+        finally:
+            self._backend._greenlets.discard(self._glet)
         if self._cancelled:
             sock.close()
         else:
