@@ -51,8 +51,9 @@ def run_demo(factory, duration, out=sys.stdout):
     server = EchoServer()
     server.start()
     # (start, end) of each outage, as fractions of the run: a short one, then
-    # a long one that lets the back-off grow.
-    outages = [(0.15 * duration, 0.25 * duration), (0.40 * duration, 0.67 * duration)]
+    # a long one that lets the back-off grow (to about 5 s with the demo's
+    # policy) and still leaves time to see the client come back.
+    outages = [(0.13 * duration, 0.17 * duration), (0.33 * duration, 0.60 * duration)]
     served = failed = 0
     last_state, max_delay = None, 0.0
     t0 = time.monotonic()
@@ -74,8 +75,6 @@ def run_demo(factory, duration, out=sys.stdout):
         n = 0
         while True:
             now = time.monotonic() - t0
-            if now >= duration:
-                break
             should_be_down = any(a <= now < b for a, b in outages)
             if should_be_down and not down:
                 server.stop()
@@ -90,6 +89,10 @@ def run_demo(factory, duration, out=sys.stdout):
             if state is not last_state and state in (State.CONNECTED, State.STOPPED):
                 say(f"state {state.name}")
             last_state = state
+            # Past the end, give a client still waiting for its retry a little
+            # longer, so that the run ends connected.
+            if now >= duration and (state is State.CONNECTED or now >= 1.3 * duration):
+                break
             if delay is not None:
                 max_delay = max(max_delay, delay)
             if state is State.CONNECTED:
