@@ -19,6 +19,8 @@ def test_demo_shows_backoff_and_ends_by_itself():
     assert "server killed" in out and "server restarted" in out
     assert "next attempt in" in out and "state CONNECTED" in out
     assert "summary:" in out and "Traceback" not in result.stderr
+    events = [line for line in out.splitlines() if line.strip() and "summary:" not in line]
+    assert events[-1].endswith("state CONNECTED")  # it ends reconnected
     delays = [float(line.rsplit("next attempt in ", 1)[1].rstrip("s"))
               for line in out.splitlines() if "failed" in line and "next attempt in" in line]
     assert len(delays) >= 2 and max(delays) > min(delays)
