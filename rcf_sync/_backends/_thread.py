@@ -234,6 +234,16 @@ class _Runtime:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         self.workers.shutdown(timeout)
+        # A worker may have finished a job of an abandoned attempt after the
+        # loop stopped: its delivery (which closes what the job made) is run
+        # here rather than left queued for a loop that may never come back.
+        with self._lock:
+            leftovers = []
+            if self._thread is None and self._users <= 0:
+                leftovers = list(self._ready)
+                self._ready.clear()
+        for fn, args in leftovers:
+            self._guard(fn, *args)
 
     def _ensure_running(self):
         # Called with self._lock held.
