@@ -13,7 +13,7 @@ def run(*args, timeout=60):
 
 def test_demo_shows_backoff_and_ends_by_itself():
     """If demo runs, then it shows losses, growing delays and reconnections, and exits 0 by itself."""
-    result = run("demo", "--duration", "4")
+    result = run("demo", "--duration", "8")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "server killed" in out and "server restarted" in out
