@@ -352,3 +352,24 @@ def test_idle_loss_after_unsolicited_data_is_noticed(kit, no_leaks):
             assert c.stats.losses == 1
     finally:
         listener.close()
+
+
+def test_factory_without_clock_uses_the_thread_backends_clock():
+    """If a factory has no clock, then retry() schedules on the real clock, runs the retry, and leaves no thread behind."""
+    from rcf_sync._backends._thread import get_runtime
+
+    fired = threading.Event()
+
+    class Connector:
+        def connect(self):
+            fired.set()
+
+    factory = ReconnectingClientFactory(initialDelay=0.01, jitter=0)
+    factory.noisy = False
+    factory.clientConnectionFailed(Connector(), None)
+    assert isinstance(factory.clock, ThreadClock)
+    assert fired.wait(5)
+    deadline = time.monotonic() + 5
+    while get_runtime().threads() and time.monotonic() < deadline:
+        get_runtime().threads()[0].join(0.1)
+    assert get_runtime().threads() == []
