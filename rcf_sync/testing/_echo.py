@@ -1,24 +1,14 @@
 """``EchoServer``: a loopback echo server to point clients at in tests,
 demos and examples, which can be killed and restarted on the same port."""
 
-import ipaddress
 import socket
 import threading
+
+from ._proxy import _loopback_host
 
 __all__ = ["EchoServer", "echo_round_trip"]
 
 _MODES = ("echo", "silent", "eof")
-
-
-def _check_loopback(host):
-    if host == "localhost":
-        return
-    try:
-        if ipaddress.ip_address(host).is_loopback:
-            return
-    except ValueError:
-        pass
-    raise ValueError(f"EchoServer listens on loopback only, got host {host!r}")
 
 
 class EchoServer:
@@ -35,7 +25,7 @@ class EchoServer:
     """
 
     def __init__(self, host="127.0.0.1", port=0, mode="echo"):
-        _check_loopback(host)
+        self._family, host = _loopback_host(host, "EchoServer")
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {', '.join(_MODES)}, got {mode!r}")
         self.host = host
@@ -62,8 +52,7 @@ class EchoServer:
 
     def start(self):
         """Listen (on the same port as before, if it ran already); returns ``self``."""
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        listener = socket.socket(family)
+        listener = socket.socket(self._family)
         try:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listener.bind((self.host, self.port or 0))

@@ -57,9 +57,9 @@ _CONNECTING = "connecting"
 _CONNECTED = "connected"
 
 
-def _loopback_host(host):
+def _loopback_host(host, owner="FaultProxy"):
     """Return ``(family, literal)`` for a loopback listen host, else raise
-    ``ValueError``."""
+    ``ValueError`` saying that ``owner`` listens on loopback only."""
     if not isinstance(host, str):
         raise TypeError(f"host must be a string, got {host!r}")
     if host.lower() == "localhost":
@@ -68,12 +68,12 @@ def _loopback_host(host):
         addr = ipaddress.ip_address(host)
     except ValueError:
         raise ValueError(
-            f"FaultProxy listens on loopback only; {host!r} is not a loopback "
+            f"{owner} listens on loopback only; {host!r} is not a loopback "
             "address (use 127.0.0.1, ::1 or 'localhost')"
         ) from None
     if not addr.is_loopback:
         raise ValueError(
-            f"FaultProxy listens on loopback only; {host!r} is not a loopback address"
+            f"{owner} listens on loopback only; {host!r} is not a loopback address"
         )
     family = socket.AF_INET6 if addr.version == 6 else socket.AF_INET
     return family, str(addr)
@@ -246,12 +246,7 @@ class FaultProxy:
             self._sel = sel
             self._listen()
         except BaseException:
-            if self._listener is not None:
-                self._listener.close()
-                self._listener = None
-            sel.close()
-            wake_r.close()
-            wake_w.close()
+            self._undo_start(sel, wake_r, wake_w)
             raise
         self._address = self._listener.getsockname()[:2]
         self._port = self._address[1]
@@ -264,11 +259,7 @@ class FaultProxy:
                 self._thread = thread
                 self._running = True
         if closed:  # close() was called while starting
-            self._listener.close()
-            self._listener = None
-            sel.close()
-            wake_r.close()
-            wake_w.close()
+            self._undo_start(sel, wake_r, wake_w)
             raise RuntimeError("FaultProxy is closed")
         try:
             thread.start()
@@ -277,13 +268,18 @@ class FaultProxy:
                 self._running = False
                 self._thread = None
                 self._wake_r = self._wake_w = None
-            self._listener.close()
-            self._listener = None
-            sel.close()
-            wake_r.close()
-            wake_w.close()
+            self._undo_start(sel, wake_r, wake_w)
             raise
         return self
+
+    def _undo_start(self, sel, wake_r, wake_w):
+        """Close what a failed or overtaken start() opened."""
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        sel.close()
+        wake_r.close()
+        wake_w.close()
 
     def close(self):
         """Stop the proxy: close the listening socket and every connection
