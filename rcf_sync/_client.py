@@ -343,8 +343,6 @@ class ReconnectingClient(_Handle):
             finally:
                 sock.settimeout(None)
 
-        handle = _Pending()
-
         def done(sock, exc):
             try:
                 self._release(conn, exc)
@@ -356,7 +354,7 @@ class ReconnectingClient(_Handle):
         def steps():
             yield ("hook", beat)
 
-        handle.attempt = self._backend.start_attempt(steps(), self._heartbeat_interval * 2, done)
+        self._backend.start_attempt(steps(), self._heartbeat_interval * 2, done)
 
     def _do_stop_trying(self):
         self.factory.stopTrying()

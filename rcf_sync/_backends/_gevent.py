@@ -216,7 +216,6 @@ class _Attempt:
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._cancelled = False
         self._glet = gevent.spawn(self._run, steps)
-        backend._greenlets.add(self._glet)
 
     def _run(self, steps):
         try:
@@ -229,8 +228,6 @@ class _Attempt:
             if not self._cancelled:
                 self._deliver(None, exc)
             return
-        finally:
-            self._backend._greenlets.discard(self._glet)
         if self._cancelled:
             sock.close()
         else:
@@ -347,7 +344,6 @@ class GeventBackend:
         self._hub = gevent.get_hub()
         self._hub_thread = _get_ident()
         self.clock = GeventClock(self._hub, self._hub_thread)
-        self._greenlets = set()
 
     def acquire(self):
         pass
@@ -373,18 +369,9 @@ class GeventBackend:
     def watch_idle(self, sock, callback):
         return _IdleWatch(self, sock, callback)
 
-    def spawn(self, fn, *args):
-        g = gevent.spawn(fn, *args)
-        self._greenlets.add(g)
-        g.link(lambda g: self._greenlets.discard(g))
-        return g
-
     def run_callback(self, fn, *args):
         """Run a user callback where it may block: in a new greenlet."""
-        self.spawn(_guard, fn, *args)
-
-    def greenlets(self):
-        return [g for g in self._greenlets if not g.dead]
+        gevent.spawn(_guard, fn, *args)
 
     def __repr__(self):
         return "<GeventBackend>"
