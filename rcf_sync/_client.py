@@ -18,7 +18,7 @@ from ._core import (
     _Pending,
     _remaining,
 )
-from ._errors import ClientClosed, GaveUp
+from ._errors import GaveUp
 from ._state import Event, State, transition
 
 __all__ = ["ReconnectingClient", "Stats"]
@@ -411,18 +411,8 @@ class ReconnectingClient(_Handle):
             return conn
         return None
 
-    def _raise_if_hopeless_locked(self):
-        state = self._state
-        if self._closed:
-            raise ClientClosed(f"{self.name} is closed", self.destination)
-        if state is State.STOPPED:
-            raise GaveUp(
-                f"no connection to {self.destination}: {self._stop_reason or 'stopped trying'}"
-                f" (last error: {self._stats.last_error})",
-                self.destination, self._stats.last_error,
-            )
-        if state is State.IDLE:
-            raise RuntimeError(f"{self!r} is not started: call start() or use it in a with block")
+    def _gave_up_locked(self):
+        return self._state is State.STOPPED
 
     def _set_state(self, event):
         # With self._lock held.

@@ -23,7 +23,7 @@ import time
 from ._backends import get_backend
 from ._backends._base import idle_status, peer_gone
 from ._connectors import as_connector
-from ._errors import ClientClosed, ConnectionLost, ConnectTimeout, RCFError
+from ._errors import ClientClosed, ConnectionLost, ConnectTimeout, GaveUp, RCFError
 from ._factory import ReconnectingClientFactory
 from ._state import State
 
@@ -273,8 +273,23 @@ class _Handle:
         """Loop: handle the loss of ``conn`` (socket close, factory, hooks)."""
         raise NotImplementedError
 
-    def _raise_if_hopeless_locked(self):
+    def _gave_up_locked(self):
+        """Lock held: True when no connection will come any more."""
         raise NotImplementedError
+
+    def _raise_if_hopeless_locked(self):
+        """Lock held: raise what a caller waiting for a connection should
+        get now (closed, not started, gave up), if anything."""
+        if self._closed:
+            raise ClientClosed(f"{self.name} is closed", self.destination)
+        if self._state is State.IDLE:
+            raise RuntimeError(f"{self!r} is not started: call start() or use it in a with block")
+        if self._gave_up_locked():
+            raise GaveUp(
+                f"no connection to {self.destination}: {self._stop_reason or 'stopped trying'}"
+                f" (last error: {self._stats.last_error})",
+                self.destination, self._stats.last_error,
+            )
 
     # -- attempts -------------------------------------------------------------
 

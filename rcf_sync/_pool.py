@@ -16,7 +16,6 @@ import collections
 import numbers
 
 from ._core import _DEFAULT_HOOK_TIMEOUT, _Handle, _Pending
-from ._errors import ClientClosed, GaveUp
 from ._state import State
 
 __all__ = ["ReconnectingPool"]
@@ -113,17 +112,8 @@ class ReconnectingPool(_Handle):
     def _returned_locked(self, conn):
         self._idle.append(conn)
 
-    def _raise_if_hopeless_locked(self):
-        if self._closed:
-            raise ClientClosed(f"{self.name} is closed", self.destination)
-        if self._state is State.IDLE:
-            raise RuntimeError(f"{self!r} is not started: call start() or use it in a with block")
-        if self._stopped and not self._conns and not self._attempts:
-            raise GaveUp(
-                f"no connection to {self.destination}: {self._stop_reason or 'stopped trying'}"
-                f" (last error: {self._stats.last_error})",
-                self.destination, self._stats.last_error,
-            )
+    def _gave_up_locked(self):
+        return self._stopped and not self._conns and not self._attempts
 
     def _forget_locked(self, conn, exc):
         self._conns.discard(conn)
