@@ -171,21 +171,8 @@ class ReconnectingClient(_Handle):
         # before start(), maybe no loop at all).
         return self._closed or self._state is State.IDLE
 
-    def close(self, timeout=None):
-        """Close for good: stop trying, drop the connection, wake every waiter
-        with :class:`~rcf_sync.ClientClosed`, and release the background
-        (its threads are joined after the last client closes; ``timeout``
-        bounds that join, default 5 s). Idempotent; prompt in every state."""
-        timeout = _check_timeout(timeout)
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            started = self._state is not State.IDLE
-            self._set_state(Event.CLOSE)
-        if started:
-            self._on_loop(self._shutdown, timeout=timeout if timeout is not None else 5.0)
-            self._backend.release(5.0 if timeout is None else timeout)
+    def _closing_locked(self):
+        self._set_state(Event.CLOSE)
 
     # -- connector side (IConnector calls land here) --------------------------
 

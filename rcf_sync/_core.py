@@ -273,6 +273,32 @@ class _Handle:
         """Loop: handle the loss of ``conn`` (socket close, factory, hooks)."""
         raise NotImplementedError
 
+    def close(self, timeout=None):
+        """Close for good: stop trying, drop every connection, wake every
+        waiter with :class:`~rcf_sync.ClientClosed`, and release the
+        background (its threads are joined after the last user closes;
+        ``timeout`` bounds that join, default 5 s). Idempotent; prompt in
+        every state."""
+        timeout = _check_timeout(timeout)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            started = self._state is not State.IDLE
+            self._closing_locked()
+        if started:
+            wait = 5.0 if timeout is None else timeout
+            self._on_loop(self._shutdown, timeout=wait)
+            self._backend.release(wait)
+
+    def _closing_locked(self):
+        """Lock held: enter the CLOSED state."""
+        raise NotImplementedError
+
+    def _shutdown(self):
+        """Loop: stop the factory, cancel attempts, close connections."""
+        raise NotImplementedError
+
     def _gave_up_locked(self):
         """Lock held: True when no connection will come any more."""
         raise NotImplementedError

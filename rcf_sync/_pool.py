@@ -73,20 +73,9 @@ class ReconnectingPool(_Handle):
         self._backend.call_soon(self._fill, 1)
         return self
 
-    def close(self, timeout=None):
-        """Close every connection, stop trying, wake every waiter with
-        :class:`~rcf_sync.ClientClosed`; idempotent and prompt."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            started = self._state is not State.IDLE
-            self._state = State.CLOSED
-            self._changed_locked()
-        if started:
-            wait = 5.0 if timeout is None else timeout
-            self._on_loop(self._shutdown, timeout=wait)
-            self._backend.release(wait)
+    def _closing_locked(self):
+        self._state = State.CLOSED
+        self._changed_locked()
 
     # -- caller side ------------------------------------------------------------
 

@@ -169,3 +169,12 @@ def test_bad_size(server, no_leaks):
     for size in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="size must be an integer >= 1"):
             ReconnectingPool(server.address, size)
+
+
+def test_close_rejects_a_negative_timeout(server, no_leaks):
+    """If close() gets a negative timeout, then ValueError names it and the pool stays open."""
+    pool = ReconnectingPool(server.address, 2, backend="thread").start()
+    with pytest.raises(ValueError, match="timeout must be >= 0"):
+        pool.close(timeout=-1)
+    assert pool.state is not S.CLOSED
+    pool.close()
