@@ -8,12 +8,11 @@ as a Twisted connector drives its transport.
 
 Theory of operation: a connection attempt is written once, as a generator
 (``_attempt``) that does the non-blocking socket work itself and *yields*
-what it needs to wait for: ``("resolve", host, port, family)`` (name lookup),
-``("writable", sock)`` / ``("readable", sock)``, ``("tls", sock, connector)`` (wrap and
-handshake), ``("call", fn)`` (run blocking user code). Each backend drives
-the generator its own way (the thread backend from its selector loop, the
-gevent backend from a greenlet), so the address walk, socket options and
-clean-up on failure exist in one place only.
+what it needs to wait for, as the step objects of ``_steps`` (name lookup,
+readiness, TLS, user code). Each backend interprets the steps its own way
+(the thread backend from its selector loop, the gevent backend from a
+greenlet), so the address walk, socket options and clean-up on failure exist
+in one place only.
 """
 
 import collections
@@ -28,6 +27,7 @@ import _socket
 import ssl
 
 from ._errors import NotConnectingError
+from ._steps import TLS, Resolve, UserCall, Writable
 
 __all__ = [
     "Connector",
@@ -224,7 +224,7 @@ class _SocketConnector(Connector):
                 self._prepare(sock, family)
                 err = sock.connect_ex(sockaddr)
                 if err in _IN_PROGRESS:
-                    yield ("writable", sock)
+                    yield Writable(sock)
                     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
                     raise OSError(err, f"{os.strerror(err)} ({self.describe()})")
@@ -237,30 +237,13 @@ class _SocketConnector(Connector):
                 raise
             if self._ssl_context is not None:
                 try:
-                    sock = yield ("tls", sock, self)
+                    sock = yield TLS(sock, self)
                 except BaseException:
                     sock.close()
                     raise
             return sock
         raise last_error
 
-    def _tls_handshake(self, raw):
-        """Generator: wrap ``raw`` (non-blocking) and complete the handshake."""
-        tls = self._ssl_context.wrap_socket(
-            raw, server_hostname=self._server_hostname, do_handshake_on_connect=False
-        )
-        try:
-            while True:
-                try:
-                    tls.do_handshake()
-                    return tls
-                except ssl.SSLWantReadError:
-                    yield ("readable", tls)
-                except ssl.SSLWantWriteError:
-                    yield ("writable", tls)
-        except BaseException:
-            tls.close()
-            raise
 
 
 class TCPConnector(_SocketConnector):
@@ -330,7 +313,7 @@ class TCPConnector(_SocketConnector):
             self._numeric = numeric
         if numeric:
             return numeric
-        infos = yield ("resolve", self.host, self.port)
+        infos = yield Resolve(self.host, self.port)
         return [(af, st, proto, sa) for af, st, proto, _, sa in infos]
 
     def _prepare(self, sock, family):
@@ -406,7 +389,7 @@ class SocketFactoryConnector(Connector):
         return self.name
 
     def _attempt(self):
-        sock = yield ("call", self.factory)
+        sock = yield UserCall(self.factory, threaded=True)
         if not isinstance(sock, socket.socket):
             if hasattr(sock, "close"):
                 try:

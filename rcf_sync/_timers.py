@@ -101,6 +101,11 @@ class TimerQueue:
     def __len__(self):
         return self._active
 
+    def reset_lock(self):
+        """In a forked child: a lock another thread held at the fork stays
+        held there; the heap itself is kept."""
+        self._lock = threading.Lock()
+
     def schedule(self, when, func, args, kw):
         call = DelayedCall(self, when, func, args, kw)
         with self._lock:
