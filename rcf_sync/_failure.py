@@ -6,8 +6,7 @@ Code written for Twisted receives its ``reason`` arguments
 ``reason.check(...)`` or ``reason.trap(...)`` on it; this class gives such
 code the same surface without Twisted. It is a plain value: it never captures
 the current exception behind the caller's back unless built without one, and
-:func:`as_failure` (what the client uses) keeps no traceback at all, so a
-reason held by an application keeps no stack frames alive.
+:func:`as_failure` (what the client uses) gives it no traceback of its own.
 """
 
 import sys
@@ -150,8 +149,10 @@ class Failure:
 
 
 def as_failure(exc):
-    """``exc`` as a :class:`Failure` holding no traceback (a ``Failure`` is
-    returned unchanged). What the client passes as ``reason``."""
+    """``exc`` as a :class:`Failure` whose ``tb`` is ``None`` (the exception
+    itself is left as it is); a ``Failure`` is returned unchanged. What the
+    client passes as ``reason``: cheap, with no traceback of its own (as
+    the reasons Twisted's transports build)."""
     if isinstance(exc, Failure):
         return exc
     failure = Failure(exc)
