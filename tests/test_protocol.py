@@ -453,3 +453,57 @@ def test_greenlets_and_native_threads_write_safely_under_monkey_patching():
     proc = subprocess.run([sys.executable, "-c", GEVENT_WRITERS], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["ok", "1200"]
+
+
+def test_twisted_line_receiver_runs_over_our_transport():
+    """If Twisted's LineReceiver is connected to our transport, then its lines are buffered for sending and loseConnection() stops it after the current line."""
+    pytest.importorskip("twisted")
+    from twisted.protocols.basic import LineReceiver
+
+    class Lines(LineReceiver):
+        delimiter = b"\n"
+
+        def connectionMade(self):
+            self.got = []
+            self.sendLine(b"HELLO")
+
+        def lineReceived(self, line):
+            self.got.append(line)
+            self.sendLine(b"ECHO " + line)
+            if line == b"QUIT":
+                self.transport.loseConnection()
+
+    t, sender = make_transport()
+    p = Lines()
+    p.makeConnection(t)
+    p.dataReceived(b"one\ntw")
+    p.dataReceived(b"o\nQUIT\nignored\n")
+    assert p.got == [b"one", b"two", b"QUIT"]
+    assert drain(t.buffer) == b"HELLO\nECHO one\nECHO two\nECHO QUIT\n"
+    assert t.disconnecting and t.close_if_flushed()
+    assert sender.calls == ["wake", "wake"]
+
+
+def test_twisted_int32_string_receiver_runs_over_our_transport():
+    """If Twisted's Int32StringReceiver is connected to our transport, then framed strings go both ways."""
+    pytest.importorskip("twisted")
+    import struct
+
+    from twisted.protocols.basic import Int32StringReceiver
+
+    class Frames(Int32StringReceiver):
+        def connectionMade(self):
+            self.got = []
+
+        def stringReceived(self, string):
+            self.got.append(string)
+            self.sendString(string.upper())
+
+    t, _ = make_transport()
+    p = Frames()
+    p.makeConnection(t)
+    wire = struct.pack("!I", 3) + b"abc" + struct.pack("!I", 2) + b"de"
+    for i in range(len(wire)):  # one byte at a time
+        p.dataReceived(wire[i:i + 1])
+    assert p.got == [b"abc", b"de"]
+    assert drain(t.buffer) == struct.pack("!I", 3) + b"ABC" + struct.pack("!I", 2) + b"DE"
