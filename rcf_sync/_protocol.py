@@ -21,6 +21,9 @@ every chunk read and ``connectionLost(reason)`` once at the end.
 ``wake()`` is called only when the buffer goes from empty to non-empty (and
 for ``loseConnection()``), and ``mark_sent`` reports the remaining length
 under the same lock as ``write`` appends, so no write can go unnoticed.
+``wake()`` and ``abort()`` run in the caller's thread or greenlet, never
+under a lock of ours: they must not block (set a flag, poke a wake-up
+socket, schedule on the loop).
 """
 
 import collections
