@@ -5,10 +5,13 @@ back-off and jitter, run by a background thread or gevent greenlet, handed to
 blocking code as a plain socket.
 """
 
+from ._address import IPv4Address, IPv6Address
 from ._errors import (
     AlreadyCalled,
     AlreadyCancelled,
     ClientClosed,
+    ConnectionAborted,
+    ConnectionDone,
     ConnectionLost,
     ConnectTimeout,
     GaveUp,
@@ -25,7 +28,9 @@ from ._connectors import (
     UNIXConnector,
 )
 from ._factory import ReconnectingClientFactory
+from ._failure import Failure
 from ._pool import ReconnectingPool
+from ._protocol import Protocol
 from ._state import State
 from ._version import __version__
 
@@ -40,9 +45,15 @@ __all__ = [
     "SocketFactoryConnector",
     "TCPAddress",
     "UNIXAddress",
+    "IPv4Address",
+    "IPv6Address",
+    "Protocol",
+    "Failure",
     "State",
     "RCFError",
     "ConnectionLost",
+    "ConnectionDone",
+    "ConnectionAborted",
     "ConnectTimeout",
     "GaveUp",
     "ClientClosed",

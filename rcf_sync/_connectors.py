@@ -26,6 +26,7 @@ import socket
 import _socket
 import ssl
 
+from ._address import UNIXAddress
 from ._errors import NotConnectingError
 from ._steps import TLS, Resolve, UserCall, Writable
 
@@ -41,8 +42,6 @@ __all__ = [
 
 TCPAddress = collections.namedtuple("TCPAddress", "type host port")
 TCPAddress.__doc__ = "Where a TCP connector connects: ``('TCP', host, port)``."
-UNIXAddress = collections.namedtuple("UNIXAddress", "name")
-UNIXAddress.__doc__ = "Where a Unix connector connects: the socket's path."
 
 #: Connect timeout used when none is given, as Twisted's ``connectTCP``.
 DEFAULT_TIMEOUT = 30.0
@@ -353,7 +352,7 @@ class UNIXConnector(_SocketConnector):
         self._socket_options = _check_options(socket_options)
 
     def getDestination(self):
-        """``UNIXAddress(path)``."""
+        """``UNIXAddress(path)`` (Twisted's shape: ``name`` is the path as bytes)."""
         return UNIXAddress(self.path)
 
     def describe(self):

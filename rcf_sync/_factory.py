@@ -14,7 +14,7 @@ import random
 from ._errors import NotConnectingError
 from ._policy import jittered_delay, validate_policy_value
 
-__all__ = ["ReconnectingClientFactory"]
+__all__ = ["ReconnectingClientFactory", "uses_protocol"]
 
 log = logging.getLogger("rcf_sync")
 
@@ -111,6 +111,34 @@ class ReconnectingClientFactory:
 
     # -- Twisted's Factory/ClientFactory surface ------------------------------
 
+    @classmethod
+    def forProtocol(cls, protocol, *args, **kwargs):
+        """A new factory, ``cls(*args, **kwargs)``, whose :attr:`protocol` is
+        ``protocol`` (a :class:`~rcf_sync.Protocol` subclass or any
+        zero-argument callable returning a protocol), as Twisted's."""
+        factory = cls(*args, **kwargs)
+        factory.protocol = protocol
+        return factory
+
+    def buildProtocol(self, addr):
+        """Make the protocol for a new connection to ``addr`` (an
+        ``IPv4Address``, ``IPv6Address`` or ``UNIXAddress``): call
+        :attr:`protocol` with no arguments, set the result's ``factory`` to
+        this factory and return it, as Twisted does.
+
+        Override it to build protocols another way (Twisted's documented
+        reconnecting client calls :meth:`resetDelay` here); returning ``None``
+        closes the new connection at once. ``TypeError`` when
+        :attr:`protocol` is ``None`` (Twisted fails an assertion)."""
+        if self.protocol is None:
+            raise TypeError(
+                f"{type(self).__name__}.protocol is None: set protocol "
+                "(or use forProtocol) or override buildProtocol"
+            )
+        p = self.protocol()
+        p.factory = self
+        return p
+
     def logPrefix(self):
         """Describe this factory for log messages (its class name)."""
         return self.__class__.__name__
@@ -127,7 +155,10 @@ class ReconnectingClientFactory:
         self.numPorts = self.numPorts + 1
 
     def doStop(self):
-        """Uncount a user and call :meth:`stopFactory` after the last one."""
+        """Uncount a user and call :meth:`stopFactory` after the last one.
+
+        With no user counted it does nothing at all (no hook, no log), as
+        Twisted's: a stray call is tolerated rather than an error."""
         if self.numPorts == 0:
             return
         self.numPorts = self.numPorts - 1
@@ -285,3 +316,12 @@ class ReconnectingClientFactory:
         self.__dict__.update(state)
         if "_startDelay" in state:
             self.delay = state["_startDelay"]
+
+
+def uses_protocol(factory):
+    """True when ``factory`` builds protocols: its ``protocol`` is set or its
+    class overrides :meth:`ReconnectingClientFactory.buildProtocol`."""
+    if getattr(factory, "protocol", None) is not None:
+        return True
+    build = getattr(type(factory), "buildProtocol", None)
+    return build is not None and build is not ReconnectingClientFactory.buildProtocol
