@@ -367,6 +367,10 @@ class _IdleWatch:
 
     rearm = released
 
+    def abandon(self):
+        """After a fork: stop the watcher of the parent's descriptor."""
+        self.close()
+
     def close(self):
         w, self._watcher = self._watcher, None
         if w is not None:
