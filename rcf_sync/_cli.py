@@ -27,6 +27,7 @@ import textwrap
 from ._factory import ReconnectingClientFactory
 from ._policy import JITTER_MODES
 from ._simulate import policy_of, sample_schedule, simulate_herd
+from ._version import __version__
 
 __all__ = ["main", "parse_host_port"]
 
@@ -186,6 +187,8 @@ def _parser():
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name, summary, description):
