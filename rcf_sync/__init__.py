@@ -5,6 +5,15 @@ back-off and jitter, run by a background thread or gevent greenlet, handed to
 blocking code as a plain socket.
 """
 
+from ._client import ReconnectingClient, Stats
+from ._connectors import (
+    Connector,
+    SocketFactoryConnector,
+    TCPAddress,
+    TCPConnector,
+    UNIXAddress,
+    UNIXConnector,
+)
 from ._errors import (
     AlreadyCalled,
     AlreadyCancelled,
@@ -14,15 +23,6 @@ from ._errors import (
     GaveUp,
     NotConnectingError,
     RCFError,
-)
-from ._client import ReconnectingClient, Stats
-from ._connectors import (
-    Connector,
-    SocketFactoryConnector,
-    TCPAddress,
-    TCPConnector,
-    UNIXAddress,
-    UNIXConnector,
 )
 from ._factory import ReconnectingClientFactory
 from ._pool import ReconnectingPool

@@ -255,7 +255,7 @@ def _build_factory(args):
     """The factory the policy options describe; ``UsageError`` when a value
     is rejected, naming the option."""
     kwargs = {}
-    for flag, attribute, *_ in _POLICY_OPTIONS:
+    for _flag, attribute, *_ in _POLICY_OPTIONS:
         value = getattr(args, attribute, None)
         if value is not None:
             kwargs[attribute] = value

@@ -16,6 +16,7 @@ gevent backend from a greenlet), so the address walk, socket options and
 clean-up on failure exist in one place only.
 """
 
+import _socket
 import collections
 import errno
 import functools
@@ -24,7 +25,6 @@ import numbers
 import os
 import re
 import socket
-import _socket
 import ssl
 
 from ._errors import NotConnectingError

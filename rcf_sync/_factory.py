@@ -104,9 +104,9 @@ class ReconnectingClientFactory:
             self._startDelay = self.delay
 
     def __repr__(self):
-        return "<%s initialDelay=%r factor=%r maxDelay=%r jitter=%r maxRetries=%r>" % (
-            type(self).__name__, self.initialDelay, self.factor, self.maxDelay,
-            self.jitter, self.maxRetries,
+        return (
+            f"<{type(self).__name__} initialDelay={self.initialDelay!r} factor={self.factor!r} "
+            f"maxDelay={self.maxDelay!r} jitter={self.jitter!r} maxRetries={self.maxRetries!r}>"
         )
 
     # -- Twisted's Factory/ClientFactory surface ------------------------------

@@ -23,7 +23,7 @@ __all__ = ["DelayedCall", "TimerQueue", "check_delay"]
 def check_delay(seconds, what="delay"):
     """Return ``seconds`` as a float, or raise ``TypeError``/``ValueError``
     for a non-number or NaN (negative values are the caller's to judge)."""
-    if type(seconds) is float and seconds == seconds:  # the usual case, not NaN
+    if type(seconds) is float and not math.isnan(seconds):  # the usual case
         return seconds
     if not isinstance(seconds, numbers.Real) or isinstance(seconds, bool):
         raise TypeError(f"{what} must be a number of seconds, got {seconds!r}")
