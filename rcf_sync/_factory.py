@@ -8,11 +8,18 @@ to an ``IReactorTime``-shaped clock and an ``IConnector``-shaped connector,
 so it runs the same under our clocks, a ``FakeClock`` or Twisted's own.
 """
 
+from __future__ import annotations
+
 import logging
 import random
+from typing import TYPE_CHECKING, Any, Optional, TypedDict
 
 from ._errors import NotConnectingError
-from ._policy import jittered_delay, validate_policy_value
+from ._interfaces import IConnector, IDelayedCall, IReactorTime
+from ._policy import JitterMode, SupportsUniform, jittered_delay, validate_policy_value
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
 
 __all__ = ["ReconnectingClientFactory"]
 
@@ -29,10 +36,28 @@ _TRANSIENT = ("connector", "retries", "delay", "continueTrying", "_callID", "clo
 _TRANSIENT_EXTRA = ("_failingSince", "_lastWait")
 
 
-def _default_clock():
+class FactoryOptions(TypedDict, total=False):
+    """The keyword arguments :class:`ReconnectingClientFactory` accepts."""
+
+    maxDelay: float
+    initialDelay: float
+    factor: float
+    jitter: float
+    maxRetries: Optional[int]
+    noisy: bool
+    clock: Optional[IReactorTime[Any]]
+    jitterMode: JitterMode
+    maxElapsed: Optional[float]
+    rng: Optional[random.Random]
+    delay: float
+    protocol: object
+
+
+def _default_clock() -> IReactorTime[Any]:
     from ._backends import default_clock
 
-    return default_clock()
+    clock: IReactorTime[Any] = default_clock()
+    return clock
 
 
 class ReconnectingClientFactory:
@@ -64,31 +89,32 @@ class ReconnectingClientFactory:
     :meth:`startedConnecting` and :meth:`retry` as with Twisted.
     """
 
-    maxDelay = 3600
-    initialDelay = 1.0
-    factor = 2.7182818284590451  # math.e
-    jitter = 0.119626565582
-    delay = initialDelay
-    retries = 0
-    maxRetries = None
-    _callID = None
-    connector = None
-    clock = None
-    continueTrying = 1
+    maxDelay: float = 3600
+    initialDelay: float = 1.0
+    factor: float = 2.7182818284590451  # math.e
+    jitter: float = 0.119626565582
+    delay: float = initialDelay
+    retries: int = 0
+    maxRetries: Optional[int] = None
+    _callID: Optional[IDelayedCall] = None
+    connector: Optional[IConnector] = None
+    clock: Optional[IReactorTime[Any]] = None
+    continueTrying: int = 1
 
     # From Twisted's Factory/ClientFactory.
-    protocol = None
-    numPorts = 0
-    noisy = True
+    protocol: object = None
+    numPorts: int = 0
+    noisy: bool = True
 
     # Beyond Twisted.
-    jitterMode = "twisted"
-    maxElapsed = None
-    rng = None
-    _failingSince = None
-    _lastWait = None
+    jitterMode: str = "twisted"
+    maxElapsed: Optional[float] = None
+    rng: Optional[random.Random] = None
+    _failingSince: Optional[float] = None
+    _lastWait: Optional[float] = None
+    _startDelay: float
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Unpack[FactoryOptions]) -> None:
         for name in kwargs:
             if name not in _SETTABLE:
                 raise TypeError(
@@ -103,7 +129,7 @@ class ReconnectingClientFactory:
             # factory starts from the same delay as a new one.
             self._startDelay = self.delay
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (
             f"<{type(self).__name__} initialDelay={self.initialDelay!r} factor={self.factor!r} "
             f"maxDelay={self.maxDelay!r} jitter={self.jitter!r} maxRetries={self.maxRetries!r}>"
@@ -111,11 +137,11 @@ class ReconnectingClientFactory:
 
     # -- Twisted's Factory/ClientFactory surface ------------------------------
 
-    def logPrefix(self):
+    def logPrefix(self) -> str:
         """Describe this factory for log messages (its class name)."""
         return self.__class__.__name__
 
-    def doStart(self):
+    def doStart(self) -> None:
         """Count a user and call :meth:`startFactory` for the first one.
 
         Called by the client before each connection attempt, as Twisted's
@@ -126,7 +152,7 @@ class ReconnectingClientFactory:
             self.startFactory()
         self.numPorts = self.numPorts + 1
 
-    def doStop(self):
+    def doStop(self) -> None:
         """Uncount a user and call :meth:`stopFactory` after the last one."""
         if self.numPorts == 0:
             return
@@ -136,34 +162,34 @@ class ReconnectingClientFactory:
                 log.info("Stopping factory %r", self)
             self.stopFactory()
 
-    def startFactory(self):
+    def startFactory(self) -> None:
         """Hook run before the first connection attempt; does nothing."""
 
-    def stopFactory(self):
+    def stopFactory(self) -> None:
         """Hook run after the last connection ends; does nothing."""
 
-    def startedConnecting(self, connector):
+    def startedConnecting(self, connector: IConnector) -> None:
         """Hook called when a connection attempt starts; does nothing.
 
         An override may call ``connector.stopConnecting()`` to abandon it."""
 
     # -- the reconnection policy ---------------------------------------------
 
-    def clientConnectionFailed(self, connector, reason):
+    def clientConnectionFailed(self, connector: IConnector, reason: object) -> None:
         """A connection attempt failed: while trying, remember the connector
         and :meth:`retry`."""
         if self.continueTrying:
             self.connector = connector
             self.retry()
 
-    def clientConnectionLost(self, connector, unused_reason):
+    def clientConnectionLost(self, connector: IConnector, unused_reason: object) -> None:
         """An established connection was lost: while trying, remember the
         connector and :meth:`retry`."""
         if self.continueTrying:
             self.connector = connector
             self.retry()
 
-    def retry(self, connector=None):
+    def retry(self, connector: Optional[IConnector] = None) -> None:
         """Schedule ``connector.connect()`` after the next back-off delay.
 
         Does nothing (but log) after :meth:`stopTrying`. Raises
@@ -199,6 +225,7 @@ class ReconnectingClientFactory:
                 )
             wait = self.delay
         else:
+            rng: SupportsUniform = self.rng or random
             wait = jittered_delay(
                 self.jitterMode,
                 base=min(self.delay, self.maxDelay),
@@ -206,11 +233,11 @@ class ReconnectingClientFactory:
                 initial=self.initialDelay,
                 factor=self.factor,
                 max_delay=self.maxDelay,
-                rng=self.rng or random,
+                rng=rng,
             )
             self._lastWait = wait
 
-        if self.maxElapsed is not None:
+        if self.maxElapsed is not None and self.clock is not None:  # (set just above)
             now = self.clock.seconds()
             if self._failingSince is None:
                 self._failingSince = now
@@ -226,7 +253,7 @@ class ReconnectingClientFactory:
         if self.noisy:
             log.info("%s will retry in %d seconds", connector, wait)
 
-        def reconnector():
+        def reconnector() -> None:
             self._callID = None
             connector.connect()
 
@@ -236,7 +263,7 @@ class ReconnectingClientFactory:
 
         self.delay = min(self.delay * self.factor, self.maxDelay)
 
-    def stopTrying(self):
+    def stopTrying(self) -> None:
         """Stop reconnecting: cancel the pending retry, clear
         ``continueTrying`` and call ``connector.stopConnecting()``, ignoring
         :class:`~rcf_sync.NotConnectingError`."""
@@ -254,7 +281,7 @@ class ReconnectingClientFactory:
                 if type(exc).__name__ != "NotConnectingError":
                     raise
 
-    def resetDelay(self):
+    def resetDelay(self) -> None:
         """Forget past failures: ``delay = initialDelay``, ``retries = 0``,
         ``continueTrying = 1``. Like Twisted it drops ``_callID`` without
         cancelling a pending retry."""
@@ -266,14 +293,14 @@ class ReconnectingClientFactory:
             self._failingSince = None
             self._lastWait = None
 
-    def gaveUp(self):
+    def gaveUp(self) -> bool:
         """True when :meth:`retry` abandoned because ``maxRetries`` or
         ``maxElapsed`` ran out (until :meth:`resetDelay`)."""
         if self.maxRetries is not None and self.retries > self.maxRetries:
             return True
         return self._failingSince == -float("inf")
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         """Drop everything that attempts and failures mutate, so that an
         unpickled factory behaves as this one did when new."""
         state = self.__dict__.copy()
@@ -281,7 +308,7 @@ class ReconnectingClientFactory:
             state.pop(key, None)
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         if "_startDelay" in state:
             self.delay = state["_startDelay"]
