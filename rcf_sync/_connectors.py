@@ -19,7 +19,6 @@ clean-up on failure exist in one place only.
 from __future__ import annotations
 
 import _socket
-import collections
 import errno
 import functools
 import math
@@ -28,7 +27,14 @@ import os
 import re
 import socket
 import ssl
-from typing import TYPE_CHECKING, Any, Callable, Generator, Iterable, NamedTuple, Optional, Sequence, Tuple, Union
+from collections.abc import Generator, Iterable, Sequence
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    NamedTuple,
+    Union,
+)
 
 from ._errors import NotConnectingError
 
@@ -58,16 +64,16 @@ class TCPAddress(NamedTuple):
 class UNIXAddress(NamedTuple):
     """Where a Unix connector connects: the socket's path."""
 
-    name: Union[str, bytes]
+    name: str | bytes
 
 
 #: One step of a connection attempt: what it waits for (see the module's
 #: docstring); the value sent back in is the step's result.
-Step: TypeAlias = Tuple[Any, ...]
+Step: TypeAlias = tuple[Any, ...]
 #: A connection attempt: yields steps, returns the connected socket.
 Attempt: TypeAlias = Generator[Step, Any, socket.socket]
 #: getaddrinfo's answer less the canonical name: (family, type, proto, sockaddr).
-_Address: TypeAlias = Tuple[int, int, int, Any]
+_Address: TypeAlias = tuple[int, int, int, Any]
 
 #: Connect timeout used when none is given, as Twisted's ``connectTCP``.
 DEFAULT_TIMEOUT = 30.0
@@ -81,7 +87,7 @@ def _is_integer(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _check_timeout(timeout: object) -> Optional[float]:
+def _check_timeout(timeout: object) -> float | None:
     if timeout is None:
         return None
     if not isinstance(timeout, numbers.Real) or isinstance(timeout, bool):
@@ -93,8 +99,8 @@ def _check_timeout(timeout: object) -> Optional[float]:
 
 
 def _check_ssl(
-    ssl_context: Optional[ssl.SSLContext], server_hostname: Optional[str], default_hostname: Optional[str]
-) -> Optional[str]:
+    ssl_context: ssl.SSLContext | None, server_hostname: str | None, default_hostname: str | None
+) -> str | None:
     if ssl_context is None:
         if server_hostname is not None:
             raise ValueError("server_hostname given without an ssl_context")
@@ -160,7 +166,7 @@ class Connector:
     are thread-safe and never block.
     """
 
-    timeout: Optional[float] = DEFAULT_TIMEOUT
+    timeout: float | None = DEFAULT_TIMEOUT
     # The client or pool that adopted this connector (core: typed as a
     # protocol once the client is annotated).
     _owner: Any = None
@@ -224,17 +230,17 @@ class Connector:
 class _SocketConnector(Connector):
     """Shared by TCP and Unix: option setting, the address walk, TLS."""
 
-    _ssl_context: Optional[ssl.SSLContext] = None
-    _server_hostname: Optional[str] = None
+    _ssl_context: ssl.SSLContext | None = None
+    _server_hostname: str | None = None
     _socket_options: tuple[tuple[Any, ...], ...] = ()
 
     @property
-    def ssl_context(self) -> Optional[ssl.SSLContext]:
+    def ssl_context(self) -> ssl.SSLContext | None:
         """The ``ssl.SSLContext`` used for TLS, or ``None``."""
         return self._ssl_context
 
     @property
-    def server_hostname(self) -> Optional[str]:
+    def server_hostname(self) -> str | None:
         """The name the server's certificate must match (TCP default: ``host``)."""
         return self._server_hostname
 
@@ -250,7 +256,7 @@ class _SocketConnector(Connector):
         addresses = yield from self._addresses()
         if not addresses:
             raise OSError(f"no addresses for {self.describe()}")
-        last_error: Optional[OSError] = None
+        last_error: OSError | None = None
         socket_class = _stdlib_socket()
         for family, type_, proto, sockaddr in addresses:
             sock = socket_class(family, type_, proto)
@@ -319,13 +325,13 @@ class TCPConnector(_SocketConnector):
     Raises ``ValueError`` for a bad host, port, timeout or option.
     """
 
-    def __init__(self, host: str, port: int, *, timeout: Optional[float] = DEFAULT_TIMEOUT,
-                 source_address: Optional[tuple[str, int]] = None,
-                 ssl_context: Optional[ssl.SSLContext] = None, server_hostname: Optional[str] = None,
-                 socket_options: Iterable[tuple[int, int, Union[int, bytes]]] = (),
-                 keepalive: bool = True, keepalive_idle: Optional[int] = None,
-                 keepalive_interval: Optional[int] = None,
-                 keepalive_count: Optional[int] = None) -> None:
+    def __init__(self, host: str, port: int, *, timeout: float | None = DEFAULT_TIMEOUT,
+                 source_address: tuple[str, int] | None = None,
+                 ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
+                 socket_options: Iterable[tuple[int, int, int | bytes]] = (),
+                 keepalive: bool = True, keepalive_idle: int | None = None,
+                 keepalive_interval: int | None = None,
+                 keepalive_count: int | None = None) -> None:
         _check_host(host)
         if not _is_integer(port) or not 0 < port < 65536:
             raise ValueError(f"port must be an integer in 1..65535, got {port!r}")
@@ -347,7 +353,7 @@ class TCPConnector(_SocketConnector):
         self.keepalive = bool(keepalive)
         self._keepalive = (keepalive_idle, keepalive_interval, keepalive_count)
         # The addresses, when host is an IP literal (empty: it is not).
-        self._numeric: Optional[Sequence[_Address]] = None
+        self._numeric: Sequence[_Address] | None = None
 
     def getDestination(self) -> TCPAddress:
         """``TCPAddress("TCP", host, port)``."""
@@ -386,7 +392,7 @@ class TCPConnector(_SocketConnector):
                 if self._keepalive[0] is not None and not hasattr(socket, "TCP_KEEPIDLE") \
                         and hasattr(socket, "TCP_KEEPALIVE"):
                     # macOS names the idle time TCP_KEEPALIVE.
-                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPALIVE"), self._keepalive[0])
+                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPALIVE"), self._keepalive[0])  # noqa: B009 (macOS only)
         super()._prepare(sock, family)
         if self.source_address is not None:
             sock.bind(self.source_address)
@@ -400,10 +406,10 @@ class UNIXConnector(_SocketConnector):
     ``server_hostname`` when the context checks host names).
     """
 
-    def __init__(self, path: Union[str, bytes, os.PathLike[str], os.PathLike[bytes]], *,
-                 timeout: Optional[float] = DEFAULT_TIMEOUT, ssl_context: Optional[ssl.SSLContext] = None,
-                 server_hostname: Optional[str] = None,
-                 socket_options: Iterable[tuple[int, int, Union[int, bytes]]] = ()) -> None:
+    def __init__(self, path: str | bytes | os.PathLike[str] | os.PathLike[bytes], *,
+                 timeout: float | None = DEFAULT_TIMEOUT, ssl_context: ssl.SSLContext | None = None,
+                 server_hostname: str | None = None,
+                 socket_options: Iterable[tuple[int, int, int | bytes]] = ()) -> None:
         if not hasattr(socket, "AF_UNIX"):
             raise ValueError("Unix sockets are not available on this platform")
         if not isinstance(path, (str, bytes, os.PathLike)) or not os.fspath(path):
@@ -435,8 +441,8 @@ class SocketFactoryConnector(Connector):
     with ``TypeError``. ``timeout`` bounds how long the client waits for it.
     """
 
-    def __init__(self, factory: Callable[[], socket.socket], *, name: Optional[str] = None,
-                 timeout: Optional[float] = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, factory: Callable[[], socket.socket], *, name: str | None = None,
+                 timeout: float | None = DEFAULT_TIMEOUT) -> None:
         if not callable(factory):
             raise ValueError(f"a socket factory must be callable, got {factory!r}")
         self.factory = factory
@@ -475,7 +481,7 @@ def _callable_name(fn: Callable[..., object]) -> str:
 
 #: What ``ReconnectingClient`` accepts as a destination.
 Target: TypeAlias = Union[
-    "Connector", Tuple[str, int], str, "os.PathLike[str]", Callable[[], socket.socket]
+    "Connector", tuple[str, int], str, "os.PathLike[str]", Callable[[], socket.socket]
 ]
 
 

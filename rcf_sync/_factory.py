@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import TYPE_CHECKING, Any, Optional, TypedDict
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from ._errors import NotConnectingError
 from ._interfaces import IConnector, IDelayedCall, IReactorTime
@@ -43,12 +43,12 @@ class FactoryOptions(TypedDict, total=False):
     initialDelay: float
     factor: float
     jitter: float
-    maxRetries: Optional[int]
+    maxRetries: int | None
     noisy: bool
-    clock: Optional[IReactorTime[Any]]
+    clock: IReactorTime[Any] | None
     jitterMode: JitterMode
-    maxElapsed: Optional[float]
-    rng: Optional[random.Random]
+    maxElapsed: float | None
+    rng: random.Random | None
     delay: float
     protocol: object
 
@@ -95,10 +95,10 @@ class ReconnectingClientFactory:
     jitter: float = 0.119626565582
     delay: float = initialDelay
     retries: int = 0
-    maxRetries: Optional[int] = None
-    _callID: Optional[IDelayedCall] = None
-    connector: Optional[IConnector] = None
-    clock: Optional[IReactorTime[Any]] = None
+    maxRetries: int | None = None
+    _callID: IDelayedCall | None = None
+    connector: IConnector | None = None
+    clock: IReactorTime[Any] | None = None
     continueTrying: int = 1
 
     # From Twisted's Factory/ClientFactory.
@@ -108,10 +108,10 @@ class ReconnectingClientFactory:
 
     # Beyond Twisted.
     jitterMode: str = "twisted"
-    maxElapsed: Optional[float] = None
-    rng: Optional[random.Random] = None
-    _failingSince: Optional[float] = None
-    _lastWait: Optional[float] = None
+    maxElapsed: float | None = None
+    rng: random.Random | None = None
+    _failingSince: float | None = None
+    _lastWait: float | None = None
     _startDelay: float
 
     def __init__(self, **kwargs: Unpack[FactoryOptions]) -> None:
@@ -189,7 +189,7 @@ class ReconnectingClientFactory:
             self.connector = connector
             self.retry()
 
-    def retry(self, connector: Optional[IConnector] = None) -> None:
+    def retry(self, connector: IConnector | None = None) -> None:
         """Schedule ``connector.connect()`` after the next back-off delay.
 
         Does nothing (but log) after :meth:`stopTrying`. Raises

@@ -15,7 +15,8 @@ which no protocol can describe: ``IReactorTime[Any]`` accepts every clock,
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, Sequence, TypeVar
+from collections.abc import Sequence
+from typing import Callable, Protocol, TypeVar
 
 __all__ = ["IConnector", "IDelayedCall", "IReactorTime"]
 

@@ -16,7 +16,7 @@ import itertools
 import math
 import numbers
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 from ._errors import AlreadyCalled, AlreadyCancelled
 
@@ -46,9 +46,9 @@ class DelayedCall:
 
     __slots__ = ("_queue", "_time", "_seq", "func", "args", "kw", "called", "cancelled")
 
-    func: Optional[Callable[..., object]]
-    args: Optional[tuple[Any, ...]]
-    kw: Optional[dict[str, Any]]
+    func: Callable[..., object] | None
+    args: tuple[Any, ...] | None
+    kw: dict[str, Any] | None
 
     def __init__(
         self,
@@ -108,7 +108,7 @@ class TimerQueue:
     """
 
     def __init__(
-        self, seconds: Callable[[], float], on_earlier: Optional[Callable[[], object]] = None
+        self, seconds: Callable[[], float], on_earlier: Callable[[], object] | None = None
     ) -> None:
         self._seconds = seconds
         self._on_earlier = on_earlier
@@ -159,7 +159,7 @@ class TimerQueue:
         if earliest and self._on_earlier is not None:
             self._on_earlier()
 
-    def _prune(self) -> Optional[DelayedCall]:
+    def _prune(self) -> DelayedCall | None:
         heap = self._heap
         while heap:
             when, seq, call = heap[0]
@@ -169,13 +169,13 @@ class TimerQueue:
                 return call
         return None
 
-    def next_time(self) -> Optional[float]:
+    def next_time(self) -> float | None:
         """The time of the earliest pending call, or ``None``."""
         with self._lock:
             call = self._prune()
             return None if call is None else call._time
 
-    def pop_due(self, now: float, limit: Optional[int] = None) -> list[DelayedCall]:
+    def pop_due(self, now: float, limit: int | None = None) -> list[DelayedCall]:
         """Remove and return, in order, the calls due at ``now`` (at most
         ``limit``), each already marked as called."""
         due: list[DelayedCall] = []

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import builtins
 import threading
-from typing import Callable, Iterable
+from collections.abc import Iterable
+from typing import Callable
 
 from .._timers import DelayedCall, TimerQueue, check_delay
 

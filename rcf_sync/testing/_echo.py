@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 from ._proxy import _loopback_host
 
@@ -38,8 +38,8 @@ class EchoServer:
         self.port = port
         self.mode = mode
         self.accepted = 0
-        self._listener: Optional[socket.socket] = None
-        self._thread: Optional[threading.Thread] = None
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
         self._handlers: list[threading.Thread] = []
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -104,7 +104,7 @@ class EchoServer:
                 self._conns.discard(conn)
             conn.close()
 
-    def wait_accepted(self, n: int = 1, timeout: Optional[float] = 5) -> bool:
+    def wait_accepted(self, n: int = 1, timeout: float | None = 5) -> bool:
         """Block until ``n`` connections were accepted in all; False on timeout."""
         with self._lock:
             return self._changed.wait_for(lambda: self.accepted >= n, timeout)
@@ -126,7 +126,7 @@ class EchoServer:
             except OSError:
                 pass
 
-    def stop(self, timeout: Optional[float] = 5) -> None:
+    def stop(self, timeout: float | None = 5) -> None:
         """Stop listening, close every connection, join the threads. Idempotent."""
         listener, self._listener = self._listener, None
         if listener is not None:

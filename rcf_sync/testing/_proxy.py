@@ -39,7 +39,7 @@ import socket
 import struct
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Optional, Union
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -135,7 +135,7 @@ class _Pipe:
         self.eof_in = False  # the source sent a FIN
         self.eof_out = False  # the FIN was passed on to the destination
 
-    def head_due(self) -> Optional[float]:
+    def head_due(self) -> float | None:
         return self.chunks[0][0] if self.chunks else None
 
 
@@ -147,9 +147,9 @@ class _Conn:
         "to_up", "to_client", "masks", "closed",
     )
 
-    def __init__(self, client: socket.socket, budget: Optional[int]) -> None:
+    def __init__(self, client: socket.socket, budget: int | None) -> None:
         self.client = client
-        self.upstream: Optional[socket.socket] = None
+        self.upstream: socket.socket | None = None
         self.state = _PENDING
         self.addr_index = 0
         self.budget = budget  # bytes left before the cut, or None
@@ -166,7 +166,7 @@ class _Command:
         self.func, self.args = func, args
         self.done = threading.Event()
         self.result: object = None
-        self.error: Optional[BaseException] = None
+        self.error: BaseException | None = None
 
 
 class FaultProxy:
@@ -218,19 +218,19 @@ class FaultProxy:
         self._stopping = False
         self._running = False
         self._count = 0
-        self._address: Optional[tuple[str, int]] = None
-        self._thread: Optional[threading.Thread] = None
-        self._wake_r: Optional[socket.socket] = None
-        self._wake_w: Optional[socket.socket] = None
+        self._address: tuple[str, int] | None = None
+        self._thread: threading.Thread | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
 
         # Owned by the loop thread once started.
-        self._sel: Optional[selectors.BaseSelector] = None
-        self._listener: Optional[socket.socket] = None
+        self._sel: selectors.BaseSelector | None = None
+        self._listener: socket.socket | None = None
         self._upstream_addrs: list[tuple[int, Any]] = []
         self._conns: set[_Conn] = set()
         self._blackholed = False
         self._delay = 0.0
-        self._cut: Optional[int] = None
+        self._cut: int | None = None
 
     @property
     def _selector(self) -> selectors.BaseSelector:
@@ -359,7 +359,7 @@ class FaultProxy:
         with self._lock:
             return self._count
 
-    def _wait_connection_count(self, predicate: Callable[[int], bool], timeout: Optional[float]) -> bool:
+    def _wait_connection_count(self, predicate: Callable[[int], bool], timeout: float | None) -> bool:
         """Wait until ``predicate(connection_count)`` holds; return whether it
         did within ``timeout`` seconds."""
         with self._count_changed:
@@ -567,7 +567,7 @@ class FaultProxy:
             self._listener = None
         self._selector.close()
 
-    def _timeout(self) -> Optional[float]:
+    def _timeout(self) -> float | None:
         """Seconds until the next delayed chunk falls due (None: no timer).
 
         A chunk already due whose destination has write interest registered
