@@ -25,6 +25,7 @@ from ._errors import (
     RCFError,
 )
 from ._factory import ReconnectingClientFactory
+from ._interfaces import IConnector, IDelayedCall, IReactorTime
 from ._pool import ReconnectingPool
 from ._state import State
 from ._version import __version__
@@ -40,6 +41,9 @@ __all__ = [
     "SocketFactoryConnector",
     "TCPAddress",
     "UNIXAddress",
+    "IReactorTime",
+    "IDelayedCall",
+    "IConnector",
     "State",
     "RCFError",
     "ConnectionLost",
