@@ -5,6 +5,7 @@ back-off and jitter, run by a background thread or gevent greenlet, handed to
 blocking code as a plain socket.
 """
 
+from ._address import IPv4Address, IPv6Address
 from ._client import ReconnectingClient, Stats
 from ._connectors import (
     Connector,
@@ -18,6 +19,8 @@ from ._errors import (
     AlreadyCalled,
     AlreadyCancelled,
     ClientClosed,
+    ConnectionAborted,
+    ConnectionDone,
     ConnectionLost,
     ConnectTimeout,
     GaveUp,
@@ -25,8 +28,10 @@ from ._errors import (
     RCFError,
 )
 from ._factory import ReconnectingClientFactory
+from ._failure import Failure
 from ._interfaces import IConnector, IDelayedCall, IReactorTime
 from ._pool import ReconnectingPool
+from ._protocol import Protocol
 from ._state import State
 from ._version import __version__
 
@@ -41,12 +46,18 @@ __all__ = [
     "SocketFactoryConnector",
     "TCPAddress",
     "UNIXAddress",
+    "IPv4Address",
+    "IPv6Address",
+    "Protocol",
+    "Failure",
     "IReactorTime",
     "IDelayedCall",
     "IConnector",
     "State",
     "RCFError",
     "ConnectionLost",
+    "ConnectionDone",
+    "ConnectionAborted",
     "ConnectTimeout",
     "GaveUp",
     "ClientClosed",

@@ -8,12 +8,11 @@ as a Twisted connector drives its transport.
 
 Theory of operation: a connection attempt is written once, as a generator
 (``_attempt``) that does the non-blocking socket work itself and *yields*
-what it needs to wait for: ``("resolve", host, port, family)`` (name lookup),
-``("writable", sock)`` / ``("readable", sock)``, ``("tls", sock, connector)`` (wrap and
-handshake), ``("call", fn)`` (run blocking user code). Each backend drives
-the generator its own way (the thread backend from its selector loop, the
-gevent backend from a greenlet), so the address walk, socket options and
-clean-up on failure exist in one place only.
+what it needs to wait for, as the step objects of ``_steps`` (name lookup,
+readiness, TLS, user code). Each backend interprets the steps its own way
+(the thread backend from its selector loop, the gevent backend from a
+greenlet), so the address walk, socket options and clean-up on failure exist
+in one place only.
 """
 
 from __future__ import annotations
@@ -36,7 +35,9 @@ from typing import (
     Union,
 )
 
+from ._address import UNIXAddress
 from ._errors import NotConnectingError
+from ._steps import TLS, Resolve, Step, UserCall, Writable
 
 if TYPE_CHECKING:
     from typing_extensions import TypeAlias
@@ -61,15 +62,6 @@ class TCPAddress(NamedTuple):
     port: int
 
 
-class UNIXAddress(NamedTuple):
-    """Where a Unix connector connects: the socket's path."""
-
-    name: str | bytes
-
-
-#: One step of a connection attempt: what it waits for (see the module's
-#: docstring); the value sent back in is the step's result.
-Step: TypeAlias = tuple[Any, ...]
 #: A connection attempt: yields steps, returns the connected socket.
 Attempt: TypeAlias = Generator[Step, Any, socket.socket]
 #: getaddrinfo's answer less the canonical name: (family, type, proto, sockaddr).
@@ -265,7 +257,7 @@ class _SocketConnector(Connector):
                 self._prepare(sock, family)
                 err = sock.connect_ex(sockaddr)
                 if err in _IN_PROGRESS:
-                    yield ("writable", sock)
+                    yield Writable(sock)
                     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
                     raise OSError(err, f"{os.strerror(err)} ({self.describe()})")
@@ -278,34 +270,13 @@ class _SocketConnector(Connector):
                 raise
             if self._ssl_context is not None:
                 try:
-                    sock = yield ("tls", sock, self)
+                    sock = yield TLS(sock, self)
                 except BaseException:
                     sock.close()
                     raise
             return sock
         assert last_error is not None  # one per address tried, and there was one
         raise last_error
-
-    def _tls_handshake(self, raw: socket.socket) -> Generator[Step, Any, ssl.SSLSocket]:
-        """Generator: wrap ``raw`` (non-blocking) and complete the handshake."""
-        context = self._ssl_context
-        if context is None:
-            raise RuntimeError(f"{self!r} has no ssl_context: no TLS handshake to make")
-        tls = context.wrap_socket(
-            raw, server_hostname=self._server_hostname, do_handshake_on_connect=False
-        )
-        try:
-            while True:
-                try:
-                    tls.do_handshake()
-                    return tls
-                except ssl.SSLWantReadError:
-                    yield ("readable", tls)
-                except ssl.SSLWantWriteError:
-                    yield ("writable", tls)
-        except BaseException:
-            tls.close()
-            raise
 
 
 class TCPConnector(_SocketConnector):
@@ -378,7 +349,7 @@ class TCPConnector(_SocketConnector):
             self._numeric = numeric
         if numeric:
             return list(numeric)
-        infos = yield ("resolve", self.host, self.port)
+        infos = yield Resolve(self.host, self.port)
         return [(af, st, proto, sa) for af, st, proto, _, sa in infos]
 
     def _prepare(self, sock: socket.socket, family: int) -> None:
@@ -421,7 +392,7 @@ class UNIXConnector(_SocketConnector):
         self._socket_options = _check_options(socket_options)
 
     def getDestination(self) -> UNIXAddress:
-        """``UNIXAddress(path)``."""
+        """``UNIXAddress(path)`` (Twisted's shape: ``name`` is the path as bytes)."""
         return UNIXAddress(self.path)
 
     def describe(self) -> str:
@@ -458,7 +429,7 @@ class SocketFactoryConnector(Connector):
         return self.name
 
     def _attempt(self) -> Attempt:
-        sock = yield ("call", self.factory)
+        sock = yield UserCall(self.factory, threaded=True)
         if not isinstance(sock, socket.socket):
             if hasattr(sock, "close"):
                 try:

@@ -13,6 +13,8 @@ from typing import Any
 __all__ = [
     "RCFError",
     "ConnectionLost",
+    "ConnectionDone",
+    "ConnectionAborted",
     "ConnectTimeout",
     "GaveUp",
     "ClientClosed",
@@ -48,6 +50,23 @@ class RCFError(Exception):
 class ConnectionLost(RCFError, ConnectionError):
     """The connection in use died; the request on it may or may not have
     reached the peer. The client is already reconnecting."""
+
+
+class ConnectionDone(RCFError, ConnectionError):
+    """The connection was closed cleanly: by our ``loseConnection()`` or by
+    the peer's orderly shutdown (Twisted's
+    ``twisted.internet.error.ConnectionDone``).
+
+    Deliberately not a :class:`ConnectionLost`: ``except ConnectionLost``
+    does not catch an orderly close, and this error is never used for a
+    reset or an abort. It is a ``ConnectionError`` so that code treating any
+    end of the connection alike can catch both."""
+
+
+class ConnectionAborted(ConnectionLost):
+    """The connection was dropped at once by ``abortConnection()``, unsent
+    data discarded (Twisted's ``twisted.internet.error.ConnectionAborted``,
+    also a ``ConnectionLost`` there)."""
 
 
 class ConnectTimeout(RCFError, TimeoutError):

@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import logging
 import random
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, Callable, TypedDict
 
 from ._errors import NotConnectingError
 from ._interfaces import IConnector, IDelayedCall, IReactorTime
 from ._policy import JitterMode, SupportsUniform, jittered_delay, validate_policy_value
 
 if TYPE_CHECKING:
-    from typing_extensions import Unpack
+    from typing_extensions import Self, Unpack
 
-__all__ = ["ReconnectingClientFactory"]
+__all__ = ["ReconnectingClientFactory", "uses_protocol"]
 
 log = logging.getLogger("rcf_sync")
 
@@ -50,7 +50,7 @@ class FactoryOptions(TypedDict, total=False):
     maxElapsed: float | None
     rng: random.Random | None
     delay: float
-    protocol: object
+    protocol: Callable[[], Any] | None
 
 
 def _default_clock() -> IReactorTime[Any]:
@@ -101,8 +101,9 @@ class ReconnectingClientFactory:
     clock: IReactorTime[Any] | None = None
     continueTrying: int = 1
 
-    # From Twisted's Factory/ClientFactory.
-    protocol: object = None
+    # From Twisted's Factory/ClientFactory: what buildProtocol calls (a
+    # Protocol subclass or any zero-argument callable), or None.
+    protocol: Callable[[], Any] | None = None
     numPorts: int = 0
     noisy: bool = True
 
@@ -137,6 +138,34 @@ class ReconnectingClientFactory:
 
     # -- Twisted's Factory/ClientFactory surface ------------------------------
 
+    @classmethod
+    def forProtocol(cls, protocol: Callable[[], Any], *args: Any, **kwargs: Any) -> Self:
+        """A new factory, ``cls(*args, **kwargs)``, whose :attr:`protocol` is
+        ``protocol`` (a :class:`~rcf_sync.Protocol` subclass or any
+        zero-argument callable returning a protocol), as Twisted's."""
+        factory = cls(*args, **kwargs)
+        factory.protocol = protocol
+        return factory
+
+    def buildProtocol(self, addr: object) -> Any:
+        """Make the protocol for a new connection to ``addr`` (an
+        ``IPv4Address``, ``IPv6Address`` or ``UNIXAddress``): call
+        :attr:`protocol` with no arguments, set the result's ``factory`` to
+        this factory and return it, as Twisted does.
+
+        Override it to build protocols another way (Twisted's documented
+        reconnecting client calls :meth:`resetDelay` here); returning ``None``
+        closes the new connection at once. ``TypeError`` when
+        :attr:`protocol` is ``None`` (Twisted fails an assertion)."""
+        if self.protocol is None:
+            raise TypeError(
+                f"{type(self).__name__}.protocol is None: set protocol "
+                "(or use forProtocol) or override buildProtocol"
+            )
+        p = self.protocol()
+        p.factory = self
+        return p
+
     def logPrefix(self) -> str:
         """Describe this factory for log messages (its class name)."""
         return self.__class__.__name__
@@ -153,7 +182,10 @@ class ReconnectingClientFactory:
         self.numPorts = self.numPorts + 1
 
     def doStop(self) -> None:
-        """Uncount a user and call :meth:`stopFactory` after the last one."""
+        """Uncount a user and call :meth:`stopFactory` after the last one.
+
+        With no user counted it does nothing at all (no hook, no log), as
+        Twisted's: a stray call is tolerated rather than an error."""
         if self.numPorts == 0:
             return
         self.numPorts = self.numPorts - 1
@@ -312,3 +344,12 @@ class ReconnectingClientFactory:
         self.__dict__.update(state)
         if "_startDelay" in state:
             self.delay = state["_startDelay"]
+
+
+def uses_protocol(factory: object) -> bool:
+    """True when ``factory`` builds protocols: its ``protocol`` is set or its
+    class overrides :meth:`ReconnectingClientFactory.buildProtocol`."""
+    if getattr(factory, "protocol", None) is not None:
+        return True
+    build = getattr(type(factory), "buildProtocol", None)
+    return build is not None and build is not ReconnectingClientFactory.buildProtocol

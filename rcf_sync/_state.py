@@ -39,6 +39,7 @@ class Event(enum.Enum):
     FAILED = "failed"        # an attempt failed
     LOST = "lost"            # an established connection died
     GAVE_UP = "gave up"      # the factory will schedule nothing more
+    HALT = "halt"            # user code raised: stop until reconnect_now()
     CLOSE = "close"
 
 
@@ -54,6 +55,10 @@ _TABLE = {
     (S.WAITING, E.GAVE_UP): S.STOPPED,
     (S.STOPPED, E.ATTEMPT): S.CONNECTING,
     (S.STOPPED, E.GAVE_UP): S.STOPPED,
+    (S.CONNECTING, E.HALT): S.STOPPED,
+    (S.CONNECTED, E.HALT): S.STOPPED,
+    (S.WAITING, E.HALT): S.STOPPED,
+    (S.STOPPED, E.HALT): S.STOPPED,
 }
 
 

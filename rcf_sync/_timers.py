@@ -120,6 +120,11 @@ class TimerQueue:
     def __len__(self) -> int:
         return self._active
 
+    def reset_lock(self) -> None:
+        """In a forked child: a lock another thread held at the fork stays
+        held there; the heap itself is kept."""
+        self._lock = threading.Lock()
+
     def schedule(
         self, when: float, func: Callable[..., object], args: tuple[Any, ...], kw: dict[str, Any]
     ) -> DelayedCall:

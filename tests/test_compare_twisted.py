@@ -451,3 +451,55 @@ def test_round_trip_behaves_like_new_in_both(duplicate):
         runs.append((state, sorted(d.getTime() for d in f.clock.getDelayedCalls()), f.retries, f.delay))
     assert runs[0] == runs[1]
     assert runs[0][0] == (1.0, 0, 1, None, None, None, 1)
+
+
+def test_noisy_do_start_do_stop_log_the_same_lines():
+    """If a noisy factory is started twice and stopped three times, then both log the same start and stop lines."""
+    results = []
+    for base in (OurFactory, TwistedFactory):
+        class Sub(base):
+            def __repr__(self):
+                return "<factory>"
+
+        f = Sub()
+        with captured_logs() as lines:
+            for op in ("doStart", "doStart", "doStop", "doStop", "doStop"):
+                getattr(f, op)()
+        results.append((lines, f.numPorts))
+    assert results[0] == results[1] == (["Starting factory <factory>", "Stopping factory <factory>"], 0)
+
+
+def test_for_protocol_and_build_protocol_match():
+    """If forProtocol() and buildProtocol() are used alike, then both return the same kind of factory and protocol."""
+    from twisted.internet.protocol import Protocol as TwistedProtocol
+
+    results = []
+    for base in (OurFactory, TwistedFactory):
+        class Sub(base):
+            pass
+
+        f = Sub.forProtocol(TwistedProtocol)
+        p = f.buildProtocol(None)
+        results.append((type(f) is Sub, f.protocol, type(p), p.factory is f, sorted(f.__dict__)))
+    assert results[0] == results[1] == (True, TwistedProtocol, TwistedProtocol, True, ["protocol"])
+
+
+def test_our_protocol_matches_twisteds_protocol():
+    """If a connection is made on our Protocol and on Twisted's, then both set the same attributes and call connectionMade once."""
+    from twisted.internet.protocol import Protocol as TwistedProtocol
+
+    results = []
+    for base in (rcf_sync.Protocol, TwistedProtocol):
+        class P(base):
+            def connectionMade(self):
+                self.seen = (self.connected, self.transport)
+
+        p = P()
+        before = (p.connected, p.transport, p.factory)
+        transport = object()
+        p.makeConnection(transport)
+        p.dataReceived(b"x")
+        p.connectionLost()
+        results.append((before, p.seen == (1, transport), p.connected, p.transport is transport,
+                        p.logPrefix()))
+    assert results[0] == results[1] == ((0, None, None), True, 1, True, "P")

@@ -350,11 +350,3 @@ def test_plaintext_server_fails_the_tls_attempt(kit, no_leaks, server, client_co
     error = failed_first_attempt(kit, connector)
     assert isinstance(error, ssl.SSLError), repr(error)
 
-
-def test_tls_handshake_without_a_context_is_refused():
-    """If a connector without ssl_context is asked for a TLS handshake, then it raises RuntimeError, not AttributeError."""
-    connector = TCPConnector("127.0.0.1", 1)
-    a, b = socket.socketpair()
-    with a, b:
-        with pytest.raises(RuntimeError, match="no ssl_context"):
-            next(connector._tls_handshake(a))

@@ -25,6 +25,7 @@ never imports ``threading`` or ``gevent``:
 """
 
 import errno
+import os
 import logging
 import select
 import socket
@@ -146,3 +147,30 @@ def log_negative_delay(delay):
             "callLater(%r): a negative delay (Twisted's Gaussian jitter can produce "
             "one) runs at once; this is logged once", delay,
         )
+
+
+# -- fork ---------------------------------------------------------------------
+
+_fork_listeners = []  # run in a forked child, in order; appended at import time
+
+
+def after_fork_in_child(fn, first=False):
+    """Run ``fn()`` in the child after every ``os.fork()`` (``first``: before
+    the listeners registered so far). Listeners must be quick and must not
+    start threads: a child that forks only to ``exec`` stays cheap."""
+    if first:
+        _fork_listeners.insert(0, fn)
+    else:
+        _fork_listeners.append(fn)
+
+
+def _in_forked_child():
+    for fn in list(_fork_listeners):
+        try:
+            fn()
+        except Exception:  # a child must not die in an at-fork hook
+            log.exception("rcf_sync: after-fork clean-up %r failed", fn)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_in_forked_child)

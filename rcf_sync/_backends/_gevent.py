@@ -16,6 +16,7 @@ greenlets of the thread whose hub they were created in.
 import logging
 import socket
 import time
+import weakref
 
 try:
     import gevent
@@ -29,6 +30,7 @@ except ImportError as exc:  # pragma: no cover - exercised without gevent only
     ) from exc
 
 from .._errors import AlreadyCalled, AlreadyCancelled
+from .._steps import TLS, Adopt, Blocking, Readable, Resolve, UserCall, Writable
 from .._timers import check_delay
 from ._base import log_negative_delay, original, socket_is_patched
 
@@ -57,8 +59,9 @@ class _GeventCall:
         self._time = when
         self.func, self.args, self.kw = func, args, kw
         self.called = self.cancelled = 0
-        self._timer = None
-        clock._pending.add(self)
+        self._timer = None  # the hub's timer: touched in the hub only
+        with clock._lock:
+            clock._pending.add(self)
         clock._in_hub(self._start)
 
     def _start(self):
@@ -73,18 +76,22 @@ class _GeventCall:
         self._timer.start(self._fire)
 
     def _fire(self):
-        if not self.active():
-            return
-        if self._time > time.monotonic() + 0.0005:  # the loop's time is coarse
+        with self._clock._lock:
+            if not self.active():
+                return
+            early = self._time > time.monotonic() + 0.0005  # the loop's time is coarse
+            if not early:
+                self.called = 1
+        if early:
             return self._start()
-        self.called = 1
         self._release()
         func, args, kw = self.func, self.args, self.kw
         self.func = self.args = self.kw = None
         _guard(lambda: func(*args, **kw))
 
     def _release(self):
-        self._clock._pending.discard(self)
+        with self._clock._lock:
+            self._clock._pending.discard(self)
         timer, self._timer = self._timer, None
         if timer is not None:
             timer.stop()
@@ -103,20 +110,25 @@ class _GeventCall:
         return not (self.called or self.cancelled)
 
     def cancel(self):
-        self._check()
-        self.cancelled = 1
-        self.func = self.args = self.kw = None
-        self._clock._pending.discard(self)
+        with self._clock._lock:  # check and act as one step, from any thread
+            self._check()
+            self.cancelled = 1
+            self.func = self.args = self.kw = None
+            self._clock._pending.discard(self)
         self._clock._in_hub(self._release)
 
     def reset(self, secondsFromNow):
-        self._check()
-        self._time = time.monotonic() + check_delay(secondsFromNow, "secondsFromNow")
+        seconds = check_delay(secondsFromNow, "secondsFromNow")
+        with self._clock._lock:
+            self._check()
+            self._time = time.monotonic() + seconds
         self._clock._in_hub(self._start)
 
     def delay(self, secondsLater):
-        self._check()
-        self._time += check_delay(secondsLater, "secondsLater")
+        seconds = check_delay(secondsLater, "secondsLater")
+        with self._clock._lock:
+            self._check()
+            self._time += seconds
         self._clock._in_hub(self._start)
 
 
@@ -124,12 +136,18 @@ class GeventClock:
     """The gevent backend's real clock: ``IReactorTime`` on the hub's timers.
 
     Calls run in the hub (they must not block). A negative delay runs at once
-    (logged once). Safe to call from other threads."""
+    (logged once). Safe to call from other threads: a call's state changes
+    under one lock, its libev timer is touched in the hub only."""
 
     def __init__(self, hub, hub_thread):
-        self._hub = hub
+        self._hub_ref = weakref.ref(hub)  # the hub owns us, not the reverse
         self._hub_thread = hub_thread
+        self._lock = _RealLock()  # guards every call's called/cancelled/_time and _pending
         self._pending = set()
+
+    @property
+    def _hub(self):
+        return self._hub_ref()
 
     def _in_hub(self, fn, *args):
         if _get_ident() == self._hub_thread:
@@ -151,7 +169,9 @@ class GeventClock:
 
     def getDelayedCalls(self):
         """The pending calls, earliest first."""
-        return sorted((c for c in self._pending if c.active()), key=lambda c: c._time)
+        with self._lock:
+            calls = [c for c in self._pending if c.active()]
+        return sorted(calls, key=lambda c: c._time)
 
 
 def _capture(fn, args):
@@ -201,6 +221,24 @@ def _tls(raw, connector):
     return t
 
 
+def _call_blocking(backend, fn, args):
+    """Run user code that may block the thread: in gevent's thread pool
+    unless the socket module is patched (then it cooperates)."""
+    if socket_is_patched():
+        return fn(*args)
+    # The pool would print what the call raises: bring it back as a value.
+    pending = backend._hub.threadpool.spawn(_capture, fn, args)
+    try:
+        ok, value = pending.get()
+    except BaseException:
+        # Abandoned (cancelled, timed out): close what arrives later.
+        pending.rawlink(_close_late_result)
+        raise
+    if not ok:
+        raise value
+    return value
+
+
 class _Attempt:
     """Drives one connection-attempt generator in a greenlet.
 
@@ -209,8 +247,9 @@ class _Attempt:
     that are not socket waits run under a ``gevent.Timeout`` for the time left.
     """
 
-    def __init__(self, backend, steps, timeout, deliver):
+    def __init__(self, backend, steps, timeout, deliver, user_code):
         self._backend = backend
+        self._user = user_code
         self._deliver = deliver
         self._timeout = timeout
         self._deadline = None if timeout is None else time.monotonic() + timeout
@@ -257,49 +296,50 @@ class _Attempt:
             except BaseException as error:
                 exc = error
 
-    def _perform(self, request):
-        kind = request[0]
-        if kind == "writable":
-            return gevent.socket.wait_write(request[1].fileno(), timeout=self._left(),
+    def _perform(self, step):
+        kind = type(step)
+        if kind is Writable:
+            return gevent.socket.wait_write(step.sock.fileno(), timeout=self._left(),
                                             timeout_exc=self._timed_out())
-        if kind == "readable":
-            return gevent.socket.wait_read(request[1].fileno(), timeout=self._left(),
+        if kind is Readable:
+            return gevent.socket.wait_read(step.sock.fileno(), timeout=self._left(),
                                            timeout_exc=self._timed_out())
-        if kind == "adopt":
-            return _to_gevent_socket(request[1])
+        if kind is Adopt:
+            return _to_gevent_socket(step.sock)
         with _GTimeout(self._left()):
-            if kind == "resolve":
-                return gevent.socket.getaddrinfo(request[1], request[2], 0, socket.SOCK_STREAM)
-            if kind == "tls":
-                return _tls(request[1], request[2])
-            if kind == "call":
-                return self._call_blocking(request[1], request[2:])
-            if kind == "hook":
-                return request[1](*request[2:])
-        raise RuntimeError(f"unknown attempt step {kind!r}")
+            if kind is Resolve:
+                return gevent.socket.getaddrinfo(step.host, step.port, 0, socket.SOCK_STREAM)
+            if kind is TLS:
+                return _tls(step.sock, step.connector)
+            if kind is Blocking:
+                return step.fn(*step.args)
+            if kind is UserCall:
+                return self._user_call(step)
+        raise TypeError(f"unknown attempt step {step!r}")
 
-    def _call_blocking(self, fn, args):
-        if socket_is_patched():
-            return fn(*args)
-        # The pool would print what the call raises: bring it back as a value.
-        pending = self._backend._hub.threadpool.spawn(_capture, fn, args)
+    def _user_call(self, step):
+        # In the handle's user-code queue, so it never overlaps its other
+        # callbacks; this greenlet waits for the result.
+        result = gevent.event.AsyncResult()
+        call = self._user.run(step.fn, step.args,
+                              lambda value, exc: result.set_exception(exc) if exc is not None
+                              else result.set(value), step.threaded)
         try:
-            ok, value = pending.get()
+            return result.get()
         except BaseException:
-            # Abandoned (cancelled, timed out): close what arrives later.
-            pending.rawlink(_close_late_result)
+            self._user.abandon(call)
             raise
-        if not ok:
-            raise value
-        return value
 
     def cancel(self):
         if not self._cancelled:
             self._cancelled = True
             self._glet.kill(block=False)
+            self._backend._dying.add(self._glet)
 
 
 class _IdleWatch:
+    """A read watcher on an idle connection, stopped while it is leased."""
+
     def __init__(self, backend, sock, callback):
         self._backend = backend
         self._callback = callback
@@ -314,16 +354,18 @@ class _IdleWatch:
             self.idle_off = True
             _guard(self._callback)
 
-    def pause(self):
+    def leased(self):
         if self._watcher is not None:
             self._watcher.stop()
             self.idle_off = True
 
-    def resume(self):
+    def released(self):
         w = self._watcher
         if w is not None and not w.active:
             w.start(self._fire)
         self.idle_off = False
+
+    rearm = released
 
     def close(self):
         w, self._watcher = self._watcher, None
@@ -333,17 +375,41 @@ class _IdleWatch:
 
 
 class GeventBackend:
-    """Backend running clients on the current thread's gevent hub."""
+    """Backend running clients on the current thread's gevent hub.
+
+    Its clients are used from greenlets of that hub's thread
+    (``caller_thread``); a call from another OS thread raises."""
 
     name = "gevent"
-    watch_pauses = True  # a read watcher: stopped while a caller holds the socket
     event = staticmethod(gevent.event.Event)
     lock = staticmethod(_RealLock)
+    thread_ident = staticmethod(_get_ident)  # the OS thread's, even when patched
 
     def __init__(self):
-        self._hub = gevent.get_hub()
-        self._hub_thread = _get_ident()
-        self.clock = GeventClock(self._hub, self._hub_thread)
+        hub = gevent.get_hub()
+        self._hub_ref = weakref.ref(hub)
+        self.caller_thread = self._hub_thread = _get_ident()
+        self.clock = GeventClock(hub, self._hub_thread)
+        self._dying = weakref.WeakSet()  # greenlets killed, maybe not dead yet
+
+    def settle(self, timeout):
+        """Wait (cooperatively, up to ``timeout``) for the greenlets we
+        killed to be gone, so that ``close()`` leaves none behind."""
+        if self.in_loop():
+            return
+        glets = [g for g in self._dying if not g.dead]
+        self._dying = weakref.WeakSet()
+        if glets:
+            gevent.joinall(glets, timeout=timeout)
+
+    @property
+    def _hub(self):
+        return self._hub_ref()
+
+    def describe_caller_error(self):
+        return (f"this rcf_sync client uses the gevent hub of thread {self._hub_thread} "
+                f"({self._hub!r}); it was called from thread {_get_ident()}: use it from "
+                "greenlets of that thread, or give other threads a client with backend='thread'")
 
     def acquire(self):
         pass
@@ -363,30 +429,57 @@ class GeventBackend:
     def call_later_real(self, seconds, fn, *args):
         return self.clock.callLater(seconds, fn, *args)
 
-    def start_attempt(self, steps, timeout, deliver):
-        return _Attempt(self, steps, timeout, deliver)
+    def start_attempt(self, steps, timeout, deliver, user_code):
+        return _Attempt(self, steps, timeout, deliver, user_code)
+
+    def run_blocking(self, fn, args, deliver, threaded=False):
+        """Run ``fn(*args)`` in a new greenlet (with ``threaded``, code that
+        may block its thread runs in gevent's thread pool unless sockets are
+        patched); ``deliver(result, exc)`` in the hub's thread afterwards.
+        Returns a job with ``abandon()``."""
+        return _Job(self, fn, args, deliver, threaded)
 
     def watch_idle(self, sock, callback):
         return _IdleWatch(self, sock, callback)
-
-    def run_callback(self, fn, *args):
-        """Run a user callback where it may block: in a new greenlet."""
-        gevent.spawn(_guard, fn, *args)
 
     def __repr__(self):
         return "<GeventBackend>"
 
 
-_per_hub = {}
+class _Job:
+    """User code in its own greenlet."""
+
+    __slots__ = ("_glet", "_backend")
+
+    def __init__(self, backend, fn, args, deliver, threaded):
+        self._backend = backend
+        self._glet = gevent.spawn(self._run, backend, fn, args, deliver, threaded)
+
+    @staticmethod
+    def _run(backend, fn, args, deliver, threaded):
+        try:
+            result = _call_blocking(backend, fn, args) if threaded else fn(*args)
+            exc = None
+        except gevent.GreenletExit:
+            return
+        except BaseException as error:
+            result, exc = None, error
+        deliver(result, exc)
+
+    def abandon(self):
+        self._glet.kill(block=False)
+        self._backend._dying.add(self._glet)
+
+
+# One backend per hub, dropped with its hub (the backend holds the hub weakly).
+_per_hub = weakref.WeakKeyDictionary()
 
 
 def shared_backend():
-    """The :class:`GeventBackend` of the current thread's hub (one per hub,
-    dropped when that hub is destroyed)."""
+    """The :class:`GeventBackend` of the current thread's hub."""
     hub = gevent.get_hub()
-    backend = _per_hub.get(id(hub))
-    if backend is None or backend._hub is not hub:
-        backend = GeventBackend()
-        _per_hub[id(hub)] = backend
+    backend = _per_hub.get(hub)
+    if backend is None:
+        backend = _per_hub[hub] = GeventBackend()
     return backend
 
