@@ -18,9 +18,13 @@ from typing_extensions import assert_type
 
 import rcf_sync
 from rcf_sync import (
+    Failure,
     IConnector,
     IDelayedCall,
+    IPv4Address,
+    IPv6Address,
     IReactorTime,
+    Protocol,
     ReconnectingClientFactory,
     SocketFactoryConnector,
     TCPAddress,
@@ -49,6 +53,34 @@ ReconnectingClientFactory(rng=random.Random(1), noisy=False, maxElapsed=None)
 ReconnectingClientFactory(initialDelay="1")  # type: ignore[arg-type]
 ReconnectingClientFactory(jitterMode="fancy")  # type: ignore[arg-type]
 ReconnectingClientFactory(initialdelay=1.0)  # type: ignore[call-arg]
+
+
+
+class Echo(Protocol):
+    def dataReceived(self, data: bytes) -> None:
+        self.transport.write(data)
+
+
+class MyFactory(ReconnectingClientFactory):
+    pass
+
+
+assert_type(ReconnectingClientFactory.forProtocol(Echo), ReconnectingClientFactory)
+assert_type(MyFactory.forProtocol(Echo, initialDelay=0.5), MyFactory)
+factory.protocol = Echo
+factory.protocol = None
+factory.protocol = 42  # type: ignore[assignment]
+
+# -- reasons and addresses, in Twisted's shapes ----------------------------
+
+reason = Failure(ConnectionRefusedError("refused"))
+assert_type(reason.getErrorMessage(), str)
+assert_type(reason.value, BaseException)
+matched: type | str | None = reason.check(ConnectionRefusedError, "builtins.OSError")
+Failure("not an exception")  # type: ignore[arg-type]
+assert_type(IPv4Address("TCP", "127.0.0.1", 80).port, int)
+assert_type(IPv6Address("TCP", "::1", 80).scopeID, int)
+assert_type(UNIXAddress("/tmp/app.sock").name, "bytes | None")
 
 # -- clocks: ours and Twisted's are both IReactorTime -----------------------
 
