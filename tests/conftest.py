@@ -9,7 +9,7 @@ import time
 import pytest
 
 from rcf_sync.testing import EchoServer
-from rcf_sync.testing import echo_round_trip as echo  # noqa: F401 (for the test modules)
+from rcf_sync.testing import echo_round_trip as echo
 
 BACKENDS = ["thread", "gevent"]
 

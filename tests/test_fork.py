@@ -16,13 +16,12 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 import fork_helpers
+import pytest
+from conftest import echo, open_fds, our_threads
+
 from rcf_sync import ReconnectingClient, ReconnectingClientFactory, ReconnectingPool, State
 from rcf_sync.testing import EchoServer
-
-from conftest import echo, open_fds, our_threads
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
