@@ -139,6 +139,15 @@ def idle_status(sock: socket.socket) -> str:
             pass
 
 
+def guard(fn: Callable[..., object], *args: Any) -> None:
+    """Run a callback of the background: an exception it raises is logged,
+    never allowed to end the loop that runs every client."""
+    try:
+        fn(*args)
+    except Exception:
+        log.exception("unexpected error in the rcf_sync background running %r", fn)
+
+
 _warned_negative: list[bool] = []
 
 

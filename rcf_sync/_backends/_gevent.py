@@ -15,7 +15,6 @@ greenlets of the thread whose hub they were created in.
 
 from __future__ import annotations
 
-import logging
 import socket
 import time
 import weakref
@@ -33,8 +32,8 @@ except ImportError as exc:  # pragma: no cover - exercised without gevent only
     ) from exc
 
 from .._steps import TLS, Adopt, Blocking, Readable, Resolve, UserCall, Writable
-from ._base import original, socket_is_patched
-from ._gevent_clock import GeventClock
+from ._base import guard, socket_is_patched
+from ._gevent_clock import GeventClock, _get_ident, _RealLock
 
 if TYPE_CHECKING:
     from .._callbacks import UserCode
@@ -44,17 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = ["GeventBackend", "GeventClock"]
 
-log = logging.getLogger("rcf_sync")
 
-_get_ident = original("_thread", "get_ident")
-_RealLock = original("_thread", "allocate_lock")
-
-
-def _guard(fn: Callable[..., object], *args: Any) -> None:
-    try:
-        fn(*args)
-    except Exception:
-        log.exception("unexpected error in rcf_sync running %r", fn)
 
 
 def _capture(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[bool, Any]:
@@ -237,7 +226,7 @@ class _IdleWatch:
         if w is not None:
             w.stop()
             self.idle_off = True
-            _guard(self._callback)
+            guard(self._callback)
 
     def leased(self) -> None:
         if self._watcher is not None:
@@ -314,9 +303,9 @@ class GeventBackend:
 
     def call_soon(self, fn: Callable[..., object], *args: Any) -> None:
         if _get_ident() == self._hub_thread:
-            self._hub.loop.run_callback(_guard, fn, *args)
+            self._hub.loop.run_callback(guard, fn, *args)
         else:
-            self._hub.loop.run_callback_threadsafe(_guard, fn, *args)
+            self._hub.loop.run_callback_threadsafe(guard, fn, *args)
 
     def call_later_real(self, seconds: float, fn: Callable[..., object],
                         *args: object) -> Any:

@@ -6,28 +6,19 @@ any thread; its libev timer is touched in the hub's thread only.
 
 from __future__ import annotations
 
-import logging
 import time
 import weakref
 from typing import Any, Callable
 
 from .._errors import AlreadyCalled, AlreadyCancelled
 from .._timers import check_delay
-from ._base import log_negative_delay, original
+from ._base import guard, log_negative_delay, original
 
 __all__ = ["GeventClock"]
 
-log = logging.getLogger("rcf_sync")
 
 _get_ident = original("_thread", "get_ident")
 _RealLock = original("_thread", "allocate_lock")
-
-
-def _guard(fn: Callable[..., object], *args: Any) -> None:
-    try:
-        fn(*args)
-    except Exception:
-        log.exception("unexpected error in rcf_sync running %r", fn)
 
 
 class _GeventCall:
@@ -70,7 +61,7 @@ class _GeventCall:
         func, args, kw = self.func, self.args, self.kw
         self.func = self.args = self.kw = None
         if func is not None:
-            _guard(lambda: func(*(args or ()), **(kw or {})))
+            guard(lambda: func(*(args or ()), **(kw or {})))
 
     def _release(self) -> None:
         with self._clock._lock:

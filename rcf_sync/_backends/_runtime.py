@@ -25,7 +25,6 @@ any thread.
 from __future__ import annotations
 
 import collections
-import logging
 import select
 import selectors
 import socket
@@ -34,7 +33,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from .._timers import TimerQueue
-from ._base import after_fork_in_child
+from ._base import after_fork_in_child, guard
 from ._workers import WorkerPool
 
 if TYPE_CHECKING:
@@ -43,7 +42,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Runtime", "READ", "WRITE", "IDLE", "MAX_WORKERS"]
 
-log = logging.getLogger("rcf_sync")
 
 #: Worker threads busy at once (name lookups, user code); idle ones exit.
 MAX_WORKERS = 16
@@ -184,7 +182,7 @@ class Runtime:
                 leftovers = list(self._ready)
                 self._ready.clear()
         for fn, args in leftovers:
-            _guard(fn, *args)
+            guard(fn, *args)
 
     def _ensure_running_locked(self) -> None:
         if self._thread is None:
@@ -296,9 +294,9 @@ class Runtime:
         while True:
             for _ in range(len(ready)):
                 fn, args = ready.popleft()
-                _guard(fn, *args)
+                guard(fn, *args)
             for call in timers.pop_due(time.monotonic()):
-                _guard(call)
+                guard(call)
             with self._cond:
                 stop = self._users <= 0 and not ready and not len(timers)
                 if stop:
@@ -320,7 +318,7 @@ class Runtime:
             finally:
                 self._sleeping = False
             for cb in callbacks:
-                _guard(cb)
+                guard(cb)
 
     def _stop_locked(self) -> None:
         for obj in (self._poller, self._wake_r, self._wake_w):
@@ -331,9 +329,3 @@ class Runtime:
         self._thread = None
         self._cond.notify_all()
 
-
-def _guard(fn: Callable[..., object], *args: Any) -> None:
-    try:
-        fn(*args)
-    except Exception:
-        log.exception("unexpected error in the rcf_sync loop running %r", fn)
