@@ -21,6 +21,7 @@ loop context reads or writes it). Waiting is on events replaced at each
 change, against one monotonic deadline per call; nothing polls.
 """
 
+import functools
 import logging
 import numbers
 import time
@@ -54,11 +55,17 @@ _FACTORY_METHODS = ("clientConnectionFailed", "clientConnectionLost", "startedCo
                     "startFactory", "stopFactory", "buildProtocol")
 
 
-def _factory_is_ours(factory):
-    cls = type(factory)
-    return isinstance(factory, ReconnectingClientFactory) and all(
+@functools.lru_cache(maxsize=256)
+def _class_is_ours(cls):
+    return issubclass(cls, ReconnectingClientFactory) and all(
         getattr(cls, m, None) is getattr(ReconnectingClientFactory, m, None)
         for m in _FACTORY_METHODS)
+
+
+def _factory_is_ours(factory):
+    # A method set on the instance overrides ours as a subclass's would.
+    instance = getattr(factory, "__dict__", {})
+    return _class_is_ours(type(factory)) and not any(m in instance for m in _FACTORY_METHODS)
 
 
 class _Lease:

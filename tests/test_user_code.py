@@ -266,3 +266,21 @@ def test_socket_factory_blocks_without_blocking_the_loop(kit, server, no_leaks):
             assert slow.state is S.CONNECTING
             release.set()
             assert slow.call(echo, b"slow", timeout=5) == b"slow"
+
+
+def test_method_set_on_the_instance_counts_as_user_code(kit, server, no_leaks):
+    """If a factory method is replaced on the instance, then it runs as user code (off the loop) and its exception stops the client."""
+    factory = quick()
+    on_loop = []
+
+    def lost(connector, reason):
+        on_loop.append(c._backend.in_loop())
+        raise Boom("instance method failed")
+
+    factory.clientConnectionLost = lost
+    with ReconnectingClient(server.address, factory=factory, backend=kit.name) as c:
+        c.wait_connected(timeout=5)
+        kit.drop(server)
+        c.wait_state(S.STOPPED, timeout=5)
+        assert isinstance(c.stats.last_error, Boom)
+    assert on_loop == [False]
