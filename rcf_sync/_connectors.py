@@ -79,6 +79,25 @@ def _is_integer(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+@functools.lru_cache(maxsize=1024)
+def _numeric_addresses(host: str, port: int) -> tuple[_Address, ...]:
+    """The addresses of an IP literal (empty when ``host`` is a name), once
+    per process: a numeric lookup never blocks, so it asks the C library
+    directly (``socket.getaddrinfo`` may be gevent's, which uses threads),
+    with the host already encoded (``str`` hosts go through the IDNA codec,
+    the dearest part of an attempt to a thousand new clients)."""
+    try:
+        encoded = host.encode("ascii")
+    except UnicodeEncodeError:
+        return ()  # not an IP literal
+    try:
+        infos = _socket.getaddrinfo(encoded, port, 0, socket.SOCK_STREAM, 0,
+                                    socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        return ()
+    return tuple((af, st, proto, sa) for af, st, proto, _, sa in infos)
+
+
 def _check_timeout(timeout: object) -> float | None:
     if timeout is None:
         return None
@@ -338,15 +357,7 @@ class TCPConnector(_SocketConnector):
     def _addresses(self) -> Generator[Step, Any, list[_Address]]:
         numeric = self._numeric
         if numeric is None:
-            try:
-                # A numeric address never blocks: ask the C library directly
-                # (socket.getaddrinfo may be gevent's, which uses threads), once.
-                infos = _socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM, 0,
-                                            socket.AI_NUMERICHOST)
-                numeric = [(af, st, proto, sa) for af, st, proto, _, sa in infos]
-            except socket.gaierror:
-                numeric = ()
-            self._numeric = numeric
+            numeric = self._numeric = _numeric_addresses(self.host, self.port)
         if numeric:
             return list(numeric)
         infos = yield Resolve(self.host, self.port)
