@@ -70,6 +70,9 @@ _Address: TypeAlias = tuple[int, int, int, Any]
 #: Connect timeout used when none is given, as Twisted's ``connectTCP``.
 DEFAULT_TIMEOUT = 30.0
 
+# Made non-blocking by socket() itself where the platform can (a system call
+# less per attempt); Python then treats it as non-blocking too.
+_SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 _INET_FAMILIES = tuple(getattr(socket, name) for name in ("AF_INET", "AF_INET6") if hasattr(socket, name))
 _IN_PROGRESS = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, getattr(errno, "WSAEWOULDBLOCK", -1)}
 
@@ -270,9 +273,10 @@ class _SocketConnector(Connector):
         last_error: OSError | None = None
         socket_class = _stdlib_socket()
         for family, type_, proto, sockaddr in addresses:
-            sock = socket_class(family, type_, proto)
+            sock = socket_class(family, type_ | _SOCK_NONBLOCK, proto)
             try:
-                sock.setblocking(False)
+                if not _SOCK_NONBLOCK:
+                    sock.setblocking(False)
                 self._prepare(sock, family)
                 err = sock.connect_ex(sockaddr)
                 if err in _IN_PROGRESS:
