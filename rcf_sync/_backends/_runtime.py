@@ -52,6 +52,9 @@ WORKER_IDLE_TIMEOUT = 10.0
 
 READ, WRITE, IDLE = "readable", "writable", "idle"
 
+#: Callbacks the loop runs between two looks at its due timers.
+_TIMER_CHECK_EVERY = 32
+
 
 class _Poller:
     """One-shot readiness notifications."""
@@ -292,11 +295,12 @@ class Runtime:
         poller.arm(wake_r.fileno(), READ, self._drain_wakeups)
         timers, ready = self.timers, self._ready
         while True:
-            for _ in range(len(ready)):
+            for i in range(len(ready)):
                 fn, args = ready.popleft()
                 guard(fn, *args)
-            for call in timers.pop_due(time.monotonic()):
-                guard(call)
+                if i % _TIMER_CHECK_EVERY == _TIMER_CHECK_EVERY - 1:
+                    self._run_due()
+            self._run_due()
             with self._cond:
                 stop = self._users <= 0 and not ready and not len(timers)
                 if stop:
@@ -317,8 +321,16 @@ class Runtime:
                 callbacks = poller.poll(timeout)
             finally:
                 self._sleeping = False
-            for cb in callbacks:
+            for i, cb in enumerate(callbacks):
                 guard(cb)
+                if i % _TIMER_CHECK_EVERY == _TIMER_CHECK_EVERY - 1:
+                    self._run_due()
+
+    def _run_due(self) -> None:
+        # A burst of work (a thousand attempts) must not make every timer due
+        # meanwhile late by the whole burst: they run between its slices.
+        for call in self.timers.pop_due(time.monotonic()):
+            guard(call)
 
     def _stop_locked(self) -> None:
         for obj in (self._poller, self._wake_r, self._wake_w):
