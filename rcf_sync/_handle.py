@@ -309,10 +309,12 @@ class Handle(RunsUserCode, ForkSafe):
         if started:
             wait = 5.0 if timeout is None else timeout
             deadline = time.monotonic() + wait
-            finished = self._on_loop(self._shutdown, timeout=wait)
+            finished = self._on_loop(self._shutdown, timeout=wait, urgent=True)
             # What the factory is told at close (a subclass's stopTrying and
-            # doStop) runs after user code still running for this handle.
-            if finished and not self._trusted:
+            # doStop) runs after user code still running for this handle. A
+            # greenlet running it would outlive close(); a worker thread is
+            # the backend's, and the last release lets it finish first.
+            if finished and not self._trusted and self._backend.name == "gevent":
                 finished = self._user.wait_drained(max(0.0, deadline - time.monotonic()))
             if not finished:
                 log.warning("%s: close() did not see the background finish within %.1fs",
@@ -441,6 +443,14 @@ class Handle(RunsUserCode, ForkSafe):
     def _track_factory_clock(self):
         self._factory_clock = _TrackingClock(self.clock)
         self.factory.clock = self._factory_clock
+
+    def _shutdown_done(self, _=None):
+        """Loop, after the factory calls queued at close (and any queued
+        before them, which may have scheduled a retry) have run: cancel what
+        the factory still has scheduled, give it its clock back, free the
+        connector."""
+        self._untrack_factory_clock()
+        self._connector._release(self)
 
     def _untrack_factory_clock(self):
         # The factory gets back the clock it had (None: it had none).
@@ -642,9 +652,11 @@ class Handle(RunsUserCode, ForkSafe):
         else:
             self._backend.call_soon(fn)
 
-    def _on_loop(self, fn, timeout=5.0):
+    def _on_loop(self, fn, timeout=5.0, urgent=False):
         """Run ``fn`` on the loop and wait (up to ``timeout``) until it ran.
-        Returns False if it had not run by then."""
+        Returns False if it had not run by then. ``urgent``: ahead of the
+        work already queued there (``close()`` must not wait behind a
+        thousand other clients' attempts)."""
         backend = self._backend
         if backend.in_loop():
             fn()
@@ -660,7 +672,10 @@ class Handle(RunsUserCode, ForkSafe):
             finally:
                 done.set()
 
-        backend.call_soon(run)
+        if urgent:
+            backend.call_first(run)
+        else:
+            backend.call_soon(run)
         finished = done.wait(timeout)
         if failure:
             raise failure[0]

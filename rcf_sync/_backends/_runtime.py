@@ -147,7 +147,7 @@ class Runtime:
         self._sleeping = False  # loop thread only (read racily by post())
         self.timers = TimerQueue(time.monotonic, on_earlier=self.wake)
         self.workers = WorkerPool(MAX_WORKERS, self.post, WORKER_IDLE_TIMEOUT,
-                                  MAX_WORKERS + MAX_ABANDONED)
+                                  MAX_WORKERS + MAX_ABANDONED, schedule=self._later)
         after_fork_in_child(self._reset_in_child, first=True)
 
     # -- lifetime -----------------------------------------------------------
@@ -158,6 +158,7 @@ class Runtime:
             self._users += 1
             self._ensure_running_locked()
             self._cond.notify_all()
+        self.workers.resume()
 
     def release(self, timeout: float = 5.0) -> None:
         """Uncount a user. After the last one, wait (up to ``timeout``) for
@@ -225,11 +226,15 @@ class Runtime:
 
     # -- from any thread ----------------------------------------------------
 
-    def post(self, fn: Callable[..., object], *args: Any) -> None:
-        """Run ``fn(*args)`` on the loop thread soon. Never blocks."""
+    def post(self, fn: Callable[..., object], *args: Any, first: bool = False) -> None:
+        """Run ``fn(*args)`` on the loop thread soon (``first``: before what
+        is queued already). Never blocks."""
         ready = self._ready
         was_empty = not ready
-        ready.append((fn, args))
+        if first:
+            ready.appendleft((fn, args))
+        else:
+            ready.append((fn, args))
         # The loop looks at the queue after it marks itself asleep, so only
         # the post that finds the queue empty has to wake it.
         if self._thread is None:
@@ -246,6 +251,9 @@ class Runtime:
             with self._cond:
                 self._ensure_running_locked()
         return call
+
+    def _later(self, delay: float, fn: Callable[[], None]) -> DelayedCall:
+        return self.schedule(time.monotonic() + delay, fn, (), {})
 
     def wake(self) -> None:
         w = self._wake_w
