@@ -9,6 +9,7 @@ import numbers
 
 from ._connection import Owner
 from ._errors import GaveUp
+from ._failure import as_failure
 from ._handle import (
     _DEFAULT_HOOK_TIMEOUT,
     Handle,
@@ -21,6 +22,7 @@ from ._handle import (
     _remaining,
 )
 from ._liveness import Liveness
+from ._reasons import ClosedHere, PeerClosed
 from ._state import Event, State, transition
 
 __all__ = ["ReconnectingClient", "Stats"]
@@ -169,7 +171,7 @@ class ReconnectingClient(Liveness, Handle):
                 sock.settimeout(max(0.0, _remaining(deadline)))
             data = sock.recv(bufsize)
             if not data:
-                raise ConnectionResetError("the peer closed the connection")
+                raise PeerClosed("the peer closed the connection")
             return data
 
     def stop_trying(self):
@@ -236,7 +238,7 @@ class ReconnectingClient(Liveness, Handle):
         return True
 
     def _connector_disconnect(self, connector):
-        reason = ConnectionAbortedError("disconnect() was called")
+        reason = ClosedHere("disconnect() was called")
         with self._lock:
             conn = self._conn
             if conn is not None and conn.owner is Owner.LEASED:
@@ -323,7 +325,7 @@ class ReconnectingClient(Liveness, Handle):
             self._stats.last_error = reason
         calls = [("doStop", ())]
         if not self._closed:
-            calls.insert(0, ("clientConnectionFailed", (self._connector, reason)))
+            calls.insert(0, ("clientConnectionFailed", (self._connector, as_failure(reason))))
         self._factory_calls(calls, lambda _: self._after_factory(Event.FAILED))
 
     def _after_factory(self, event):
@@ -360,7 +362,7 @@ class ReconnectingClient(Liveness, Handle):
             if self._on_disconnect is not None:
                 self._user_callback("on_disconnect()", self._on_disconnect, reason)
 
-        self._factory_calls([("clientConnectionLost", (self._connector, reason)),
+        self._factory_calls([("clientConnectionLost", (self._connector, as_failure(reason))),
                              ("doStop", ())], after)
 
     def _halt_locked(self):

@@ -35,6 +35,7 @@ from ._connectors import as_connector
 from ._errors import ClientClosed, ConnectionLost, ConnectTimeout, GaveUp, RCFError
 from ._factory import ReconnectingClientFactory
 from ._lease import LeaseQueue
+from ._reasons import loss_exception
 from ._state import State
 from ._steps import Adopt, UserCall
 
@@ -687,8 +688,8 @@ class Handle:
         return True
 
     def _loss_reason(self, exc):
-        return exc if isinstance(exc, RCFError) else ConnectionLost(
-            f"connection to {self.destination} lost: {exc}", self.destination, exc)
+        # The exception on_disconnect gets; the factory gets it as a Failure.
+        return loss_exception(exc, self.destination)
 
     def _close_conn(self, conn):
         """Loop: stop watching ``conn`` and close its socket."""

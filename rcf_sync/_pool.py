@@ -16,8 +16,10 @@ import collections
 import numbers
 
 from ._connection import Owner
+from ._failure import as_failure
 from ._handle import _DEFAULT_HOOK_TIMEOUT, Handle, _live, _Pending
 from ._liveness import Liveness
+from ._reasons import ClosedHere
 from ._state import State
 
 __all__ = ["ReconnectingPool"]
@@ -230,7 +232,7 @@ class ReconnectingPool(Liveness, Handle):
             self._backoff = True
         calls = [("doStop", ())]
         if tell:
-            calls.insert(0, ("clientConnectionFailed", (self._connector, reason)))
+            calls.insert(0, ("clientConnectionFailed", (self._connector, as_failure(reason))))
         self._factory_calls(calls, lambda _: self._after_factory())
 
     def _after_factory(self):
@@ -349,7 +351,7 @@ class ReconnectingPool(Liveness, Handle):
         return True
 
     def _connector_disconnect(self, connector):
-        reason = ConnectionAbortedError("disconnect() was called")
+        reason = ClosedHere("disconnect() was called")
         with self._lock:
             conns = []
             for conn in self._conns:
