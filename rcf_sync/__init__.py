@@ -16,6 +16,7 @@ from ._errors import (
     ConnectTimeout,
     GaveUp,
     NotConnectingError,
+    ProtocolModeError,
     RCFError,
 )
 from ._client import ReconnectingClient, Stats
@@ -58,6 +59,7 @@ __all__ = [
     "GaveUp",
     "ClientClosed",
     "NotConnectingError",
+    "ProtocolModeError",
     "AlreadyCalled",
     "AlreadyCancelled",
     "__version__",

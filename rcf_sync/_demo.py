@@ -29,7 +29,8 @@ def _reporting(factory, say, dest):
         def _report(self, what, reason):
             delay = _next_delay(self)
             then = f"; next attempt in {delay:.2f}s" if delay is not None else "; giving up"
-            say(f"{what} ({type(reason).__name__}: {reason}){then}")
+            error = getattr(reason, "value", reason)  # the Failure's exception
+            say(f"{what} ({type(error).__name__}: {error}){then}")
 
         def clientConnectionFailed(self, connector, reason):
             super().clientConnectionFailed(connector, reason)

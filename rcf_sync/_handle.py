@@ -157,11 +157,12 @@ class _Lease:
 class _Pending:
     """The handle's record of an attempt the backend is driving."""
 
-    __slots__ = ("attempt", "session", "cancelled")
+    __slots__ = ("attempt", "session", "protocol", "cancelled")
 
     def __init__(self):
         self.attempt = None     # the backend's attempt (loop only)
         self.session = None     # what on_connect returned
+        self.protocol = None    # what buildProtocol returned (protocol mode)
         self.cancelled = False  # under the handle's lock
 
 

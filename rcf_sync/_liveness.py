@@ -56,7 +56,7 @@ class Liveness:
             self._give_back(conn)
             return
         if status == "closed":
-            exc = peer_closed(conn.sock, "the peer closed or reset the connection")
+            exc = peer_closed(conn.sock)
         else:
             # Bytes nobody asked for: handing this stream to a caller could
             # give it a reply that is not its own.

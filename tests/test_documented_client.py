@@ -41,7 +41,6 @@ def test_twisted_runs_the_documented_client_through_two_connections_and_a_refusa
     assert events_of("twisted") == EXPECTED
 
 
-@pytest.mark.skip(reason="protocol mode not wired yet")
 def test_rcf_sync_prints_the_same_events_as_twisted():
     """If the documented client runs under rcf_sync and under Twisted against the same kind of server, then both print the same events."""
     pytest.importorskip("twisted")

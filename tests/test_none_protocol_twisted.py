@@ -205,7 +205,6 @@ def rcf_sync_events(mode):
     return events, server.endings
 
 
-@pytest.mark.skip(reason="protocol mode not wired yet")
 @pytest.mark.parametrize("mode", ["none", "raise", "made"])
 def test_rcf_sync_does_what_twisted_does(mode):
     """If buildProtocol returns None or raises, or connectionMade raises, under rcf_sync, then the events and the server's view match Twisted's."""

@@ -34,7 +34,7 @@ from .._timers import TimerQueue
 from ._base import after_fork_in_child
 from ._workers import WorkerPool
 
-__all__ = ["Runtime", "READ", "WRITE", "IDLE", "MAX_WORKERS"]
+__all__ = ["Runtime", "READ", "WRITE", "READ_WRITE", "IDLE", "MAX_WORKERS"]
 
 log = logging.getLogger("rcf_sync")
 
@@ -46,6 +46,7 @@ MAX_ABANDONED = 48
 WORKER_IDLE_TIMEOUT = 10.0
 
 READ, WRITE, IDLE = "readable", "writable", "idle"
+READ_WRITE = "readable or writable"  # a protocol's socket with bytes to send
 
 
 class _Poller:
@@ -59,6 +60,7 @@ class _Poller:
             self._masks = {
                 READ: select.EPOLLIN | one,
                 WRITE: select.EPOLLOUT | one,
+                READ_WRITE: select.EPOLLIN | select.EPOLLOUT | one,
                 # Bytes nobody asked for, a FIN or an RST on an idle connection.
                 IDLE: select.EPOLLIN | getattr(select, "EPOLLRDHUP", 0x2000) | one,
             }
@@ -66,6 +68,7 @@ class _Poller:
             self._epoll = None
             self._selector = selectors.DefaultSelector()
             self._masks = {READ: selectors.EVENT_READ, WRITE: selectors.EVENT_WRITE,
+                           READ_WRITE: selectors.EVENT_READ | selectors.EVENT_WRITE,
                            IDLE: selectors.EVENT_READ}
 
     def arm(self, fd, kind, callback):
