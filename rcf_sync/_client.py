@@ -430,6 +430,11 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
                 return
             stopped = self._state is State.STOPPED
             self._halted = None
+            if stopped:
+                # Callers wait for the coming attempt from now on, even while
+                # a factory subclass's resetDelay() runs in the user queue.
+                self._connect_requested = True
+                self._set_state(Event.ATTEMPT)
 
         def go(_):
             self._factory_clock.cancel_all()  # skip the wait of the pending retry

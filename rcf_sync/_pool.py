@@ -77,6 +77,7 @@ class ReconnectingPool(Liveness, Handle):
                 return
             self._halted = None
             self._stopped = self._backoff = False
+            self._update_state_locked()
 
         self._factory_calls([("resetDelay", ())], lambda _: self._fill(1))
 

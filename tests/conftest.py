@@ -190,8 +190,17 @@ def unique_payload_run(kit, handle, server, workers=8, requests=40, restarts=5):
     from rcf_sync import ConnectionLost, ConnectTimeout
 
     mismatches, done, errors = [], [], []
+    progress = kit.event()
+    finished = []
 
     def worker(n):
+        try:
+            run(n)
+        finally:
+            finished.append(n)
+            progress.set()
+
+    def run(n):
         for i in range(requests):
             payload = f"<{n}:{i}>".encode() * 8
             try:
@@ -202,10 +211,14 @@ def unique_payload_run(kit, handle, server, workers=8, requests=40, restarts=5):
             if got != payload:
                 mismatches.append((payload, got))
             done.append(1)
+            progress.set()
 
     spawned = [kit.spawn(worker, n) for n in range(workers)]
     for _ in range(restarts):
-        kit.sleep(0.02)  # let requests run between restarts
+        # Requests complete between restarts (or every worker has finished).
+        if len(finished) < workers:
+            assert progress.wait(10)
+        progress.clear()
         server.stop()
         server.start()
     kit.join_all(spawned, 60)

@@ -164,7 +164,7 @@ def test_lease_is_exclusive(kit, server, no_leaks):
 
         with c.connection(timeout=5):
             w = kit.spawn(second)
-            kit.sleep(0.05)  # give the second caller time to block on the lease
+            assert c.wait_waiting(1, timeout=5) == 1  # the second caller is blocked
             order.append("first-done")
         kit.join_all([w], 5)
     assert order == ["first-done", "second"]
@@ -352,7 +352,8 @@ def test_close_is_prompt_and_wakes_waiters(kit, server, free_port, hung_address,
 
         c_ev = kit.event()
         workers = [kit.spawn(waiter) for _ in range(3)]
-        kit.sleep(0.05)  # let the waiters block (nothing to wait on for that)
+        # Everyone blocks (when connected, one of them holds the lease).
+        c.wait_waiting(2 if where == "connected" else 3, timeout=5)
     start = time.monotonic()
     c.close()
     took = time.monotonic() - start

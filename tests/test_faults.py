@@ -646,7 +646,10 @@ def _waiters(kit, c, n=3):
             results.append(exc)
 
     workers = [kit.spawn(wait) for _ in range(n)]
-    kit.sleep(0.05)  # let them block; nothing can tell when they have
+    if c.state is S.STOPPED:  # they give up at once
+        kit.join_all(workers, 5)
+    else:
+        c.wait_waiting(n, timeout=5)
     return workers, results
 
 

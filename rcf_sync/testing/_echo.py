@@ -108,6 +108,20 @@ class EchoServer:
         with self._lock:
             return len(self._conns)
 
+    def push(self, data):
+        """Send ``data`` unasked on every open connection (a server pushing a
+        notification, or a reply nobody waits for); return how many got it."""
+        with self._lock:
+            conns = list(self._conns)
+        sent = 0
+        for c in conns:
+            try:
+                c.sendall(data)
+                sent += 1
+            except OSError:
+                pass
+        return sent
+
     def drop_all(self, reset=False):
         """Close every open connection (with an RST when ``reset``); keep listening."""
         with self._lock:
