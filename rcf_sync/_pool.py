@@ -16,6 +16,7 @@ import collections
 import numbers
 
 from ._connection import Owner
+from ._factory import uses_protocol
 from ._failure import as_failure
 from ._handle import _DEFAULT_HOOK_TIMEOUT, Handle, _live, _Pending
 from ._liveness import Liveness
@@ -37,6 +38,10 @@ class ReconnectingPool(Liveness, Handle):
     the back-off (or with nothing to do), ``STOPPED`` when the factory gave
     up (or user code raised), ``CLOSED`` after :meth:`close`. Thread-safe;
     user code and fork as for the client.
+
+    A pool hands out sockets only: a factory that builds protocols
+    (``protocol`` set, or ``buildProtocol`` overridden) raises
+    ``ValueError``; drive a protocol with a ``ReconnectingClient``.
     """
 
     def __init__(self, connector, size, factory=None, backend="auto", clock=None,
@@ -44,6 +49,10 @@ class ReconnectingPool(Liveness, Handle):
                  on_connect_timeout=_DEFAULT_HOOK_TIMEOUT, lost_on=()):
         if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
             raise ValueError(f"size must be an integer >= 1, got {size!r}")
+        if factory is not None and uses_protocol(factory):
+            raise ValueError(
+                f"{type(factory).__name__} builds protocols, which a pool does not drive: give "
+                "it to a ReconnectingClient (one protocol per client)")
         super().__init__(connector, factory, backend, clock, on_connect, on_disconnect, name,
                          on_connect_timeout, lost_on)
         self.size = int(size)    # immutable
