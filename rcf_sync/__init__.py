@@ -65,6 +65,11 @@ __all__ = [
     "__version__",
 ]
 
+from . import _factory
+from ._backends import default_clock as _default_clock
+
+_factory.default_clock_provider = _default_clock
+
 for _name in __all__:
     _obj = globals()[_name]
     if isinstance(_obj, type):

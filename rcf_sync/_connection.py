@@ -58,7 +58,7 @@ class Connection:
     """A live connection of a client or pool (not public)."""
 
     __slots__ = ("sock", "session", "serial", "owner", "doomed", "stream", "watch",
-                 "heartbeat", "idle_since", "_poll")
+                 "heartbeat", "idle_since", "_poll", "_pending")
 
     def __init__(self, sock, serial, session=None):
         # Immutable after creation:
@@ -75,6 +75,8 @@ class Connection:
         # Written by the lease holder at release, read by the heartbeat:
         self.idle_since = time.monotonic()
         self._poll = None       # lease_check's poll object, made on first use
+        # TLS: bytes already decrypted wait in the SSL object, not the kernel.
+        self._pending = getattr(sock, "pending", None)
 
     def __repr__(self):
         return f"<Connection #{self.serial} {self.owner.name}>"
@@ -95,10 +97,11 @@ def lease_check(conn):
             poll.register(sock.fileno(), _POLL_EVENTS)
         except (OSError, ValueError):
             return ConnectionResetError("the connection is closed")
-    pending = getattr(sock, "pending", None)
     events = poll.poll(0)
-    if not events and not (pending is not None and pending()):
-        return None
+    if not events:
+        pending = conn._pending
+        if pending is None or not pending():
+            return None
     if conn.stream:
         return _stream_problem(events, sock)
     status = idle_status(sock)

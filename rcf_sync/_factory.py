@@ -29,10 +29,16 @@ _TRANSIENT = ("connector", "retries", "delay", "continueTrying", "_callID", "clo
 _TRANSIENT_EXTRA = ("_failingSince", "_lastWait")
 
 
-def _default_clock():
-    from ._backends import default_clock
+# What a factory used without a client (and without a clock) schedules on,
+# as Twisted's falls back to its reactor. The package sets it (to the thread
+# backend's real clock), so that this layer imports nothing above it.
+default_clock_provider = None
 
-    return default_clock()
+
+def _default_clock():
+    if default_clock_provider is None:
+        raise RuntimeError("this factory has no clock: set factory.clock")
+    return default_clock_provider()
 
 
 class ReconnectingClientFactory:

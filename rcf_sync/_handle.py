@@ -22,14 +22,13 @@ change, against one monotonic deadline per call; nothing polls.
 """
 
 import logging
-import math
 import numbers
 import time
-import weakref
 
 from ._backends import get_backend
-from ._backends._base import after_fork_in_child
 from ._callbacks import UserCode
+from ._fork import ForkSafe
+from ._fork import live as _live
 from ._connection import Connection, Owner, lease_check
 from ._connectors import as_connector
 from ._errors import ClientClosed, ConnectionLost, ConnectTimeout, GaveUp, RCFError
@@ -37,7 +36,11 @@ from ._factory import ReconnectingClientFactory
 from ._lease import LeaseQueue
 from ._reasons import loss_exception
 from ._state import State
+from ._stats import Stats
 from ._steps import Adopt, UserCall
+from ._timeouts import _check_lost_on, _check_timeout, _deadline, _remaining
+from ._tracking import _TrackingClock
+from ._usercode import RunsUserCode
 
 __all__ = ["Stats", "Handle"]
 
@@ -57,74 +60,6 @@ def _factory_is_ours(factory):
     return isinstance(factory, ReconnectingClientFactory) and all(
         getattr(cls, m, None) is getattr(ReconnectingClientFactory, m, None)
         for m in _FACTORY_METHODS)
-
-
-class Stats:
-    """A snapshot of a client's counters (read-only).
-
-    ``connects``: connections made; ``connect_failures``: attempts that
-    failed; ``losses``: established connections lost; ``retries``: attempts
-    started after the first; ``last_error``: the latest failure or loss
-    reason, or ``None``; ``last_change``: clock time of the latest state
-    change; ``waiting``: callers blocked now, waiting for a connection or a
-    state."""
-
-    __slots__ = ("connects", "connect_failures", "losses", "retries", "last_error",
-                 "last_change", "waiting")
-
-    def __init__(self, connects=0, connect_failures=0, losses=0, retries=0,
-                 last_error=None, last_change=None, waiting=0):
-        self.connects = connects
-        self.connect_failures = connect_failures
-        self.losses = losses
-        self.retries = retries
-        self.last_error = last_error
-        self.last_change = last_change
-        self.waiting = waiting
-
-    def _copy(self, waiting):
-        copy = Stats(*(getattr(self, k) for k in self.__slots__))
-        copy.waiting = waiting
-        return copy
-
-    def __repr__(self):
-        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
-        return f"Stats({fields})"
-
-
-def _check_timeout(timeout, what="timeout"):
-    if timeout is None:
-        return None
-    if not isinstance(timeout, numbers.Real) or isinstance(timeout, bool) or math.isnan(timeout):
-        raise ValueError(f"{what} must be a number of seconds or None, got {timeout!r}")
-    if timeout < 0:
-        raise ValueError(f"{what} must be >= 0 or None, got {timeout!r}")
-    if math.isinf(timeout):
-        return None  # waiting forever is what None says
-    return float(timeout)
-
-
-def _check_lost_on(lost_on):
-    """``lost_on`` as a tuple of exception classes (``ValueError`` otherwise)."""
-    if isinstance(lost_on, type):
-        lost_on = (lost_on,)
-    try:
-        classes = tuple(lost_on)
-    except TypeError:
-        raise ValueError(f"lost_on must be an exception class or a tuple of them, got {lost_on!r}") from None
-    for cls in classes:
-        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
-            raise ValueError(f"lost_on must hold exception classes, got {cls!r}")
-    return classes
-
-
-def _deadline(timeout):
-    timeout = _check_timeout(timeout)
-    return None if timeout is None else time.monotonic() + timeout
-
-
-def _remaining(deadline):
-    return None if deadline is None else deadline - time.monotonic()
 
 
 class _Lease:
@@ -166,101 +101,7 @@ class _Pending:
         self.cancelled = False  # under the handle's lock
 
 
-class _TrackingClock:
-    """The client's clock as its factory sees it while the client runs:
-    every call scheduled through it is remembered, so that ``close()`` and
-    ``reconnect_now()`` can cancel them (even a retry that ``resetDelay()``
-    made the factory forget). Everything else is the wrapped clock's."""
-
-    def __init__(self, clock):
-        self._clock = clock
-        self._calls = []
-        self._prune_at = 8
-
-    def seconds(self):
-        return self._clock.seconds()
-
-    def callLater(self, delay, fn, *args, **kw):
-        call = _TrackedCall(self._clock.callLater(delay, fn, *args, **kw))
-        calls = self._calls
-        calls.append(call)
-        if len(calls) > self._prune_at:
-            calls[:] = [c for c in calls if c.active()]
-            self._prune_at = max(8, 2 * len(calls))
-        return call
-
-    def getDelayedCalls(self):
-        return self._clock.getDelayedCalls()
-
-    def cancel_all(self):
-        """Cancel every call still pending; return how many there were."""
-        calls, self._calls = self._calls, []
-        n = 0
-        for call in calls:
-            if call.active():
-                try:
-                    call.cancel()
-                    call.swept = True
-                    n += 1
-                except Exception:
-                    pass
-        return n
-
-    def __getattr__(self, name):
-        return getattr(self._clock, name)
-
-    def __repr__(self):
-        return repr(self._clock)
-
-
-class _TrackedCall:
-    """A delayed call as the factory holds it: once the client has
-    cancelled it on the factory's behalf (``reconnect_now()``, ``close()``),
-    the factory's own later ``cancel()`` (from ``stopTrying()``) is quiet,
-    as if it had been the one to cancel."""
-
-    __slots__ = ("_call", "swept")
-
-    def __init__(self, call):
-        self._call = call
-        self.swept = False
-
-    def cancel(self):
-        if not self.swept:
-            self._call.cancel()
-
-    def active(self):
-        return self._call.active()
-
-    def getTime(self):
-        return self._call.getTime()
-
-    def reset(self, secondsFromNow):
-        self._call.reset(secondsFromNow)
-
-    def delay(self, secondsLater):
-        self._call.delay(secondsLater)
-
-    def __getattr__(self, name):
-        return getattr(self._call, name)
-
-    def __repr__(self):
-        return repr(self._call)
-
-
-# Handles started and not closed, for the after-fork clean-up.
-_live = weakref.WeakSet()
-
-
-def _after_fork():
-    for handle in list(_live):
-        handle._forked()
-
-
-after_fork_in_child(_after_fork)
-
-
-class Handle:
+class Handle(RunsUserCode, ForkSafe):
     """Base of :class:`~rcf_sync.ReconnectingClient` and
     :class:`~rcf_sync.ReconnectingPool` (not public)."""
 
@@ -548,69 +389,6 @@ class Handle:
                 f" (last error: {last})", self.destination, last,
             ) from self._halted
 
-    # -- user code and the factory ------------------------------------------------
-
-    def _factory_calls(self, calls, then=None):
-        """Loop: call the factory's methods ``calls`` ((name, args) pairs) in
-        order, then ``then(result of the last)`` on the loop. Inline when the
-        factory is ours; in the user-code queue otherwise. An exception
-        stops the handle (:meth:`_user_failed`)."""
-        factory = self.factory
-        where = [None]
-
-        def run():
-            result = None
-            for name, args in calls:
-                where[0] = name
-                result = getattr(factory, name)(*args)
-            return result
-
-        def done(result, exc):
-            if exc is not None:
-                self._user_failed(f"{type(factory).__name__}.{where[0]}()", exc)
-            elif then is not None:
-                then(result)
-
-        if self._trusted:
-            try:
-                result = run()
-            except Exception as exc:
-                done(None, exc)
-            else:
-                done(result, None)
-        else:
-            self._user.run(run, (), done)
-
-    def _user_callback(self, label, fn, *args):
-        """Loop: run user callback ``fn(*args)`` in the queue; raising stops
-        the handle."""
-        def done(result, exc):
-            if exc is not None:
-                self._user_failed(label, exc)
-        self._user.run(fn, args, done)
-
-    def _user_failed(self, where, exc):
-        """Loop: user code raised ``exc``. Log it once, and stop truthfully:
-        STOPPED, ``last_error`` set, waiters get ``GaveUp`` chained to it,
-        pending retries cancelled; ``reconnect_now()`` starts again."""
-        log.error("%s: %s raised %s: %s; the client stopped trying (reconnect_now() starts "
-                  "again)", self.name, where, type(exc).__name__, exc,
-                  exc_info=(type(exc), exc, exc.__traceback__))
-        with self._lock:
-            if self._closed:
-                return
-            self._halted = exc
-            self._stats.last_error = exc
-            self._stop_reason = f"{where} raised {type(exc).__name__}: {exc}"
-            to_close = self._halt_locked()
-        if self._factory_clock is not None:
-            self._factory_clock.cancel_all()
-        for item in to_close:
-            if isinstance(item, Connection):
-                self._close_conn(item)
-            else:
-                self._cancel_attempt(item)
-
     # -- attempts -------------------------------------------------------------
 
     def _attempt_timeout(self):
@@ -704,30 +482,6 @@ class Handle:
             conn.sock.close()
         except OSError:
             pass
-
-    def _drop_in_child(self, conn):
-        """At-fork hook: forget ``conn`` without a word to the peer (closing
-        our copy of the descriptor only; the parent's stream is untouched)."""
-        conn.owner = Owner.DEAD
-        watch, conn.watch = conn.watch, None
-        if watch is not None:
-            watch.close()
-        conn.heartbeat = None
-        try:
-            conn.sock.close()
-        except OSError:
-            pass
-
-    def _forked_locked_state(self):
-        # At-fork hook: the parent's waiters, locks and queued user code are
-        # not in this process.
-        self._lock = self._backend.lock()
-        self._changed = None
-        self._waiters = 0
-        self._waiting_seen = None
-        self._leases.clear()
-        self._user.reset_after_fork()
-        self._revive = not self._closed and self._state is not State.IDLE
 
     # -- leases ---------------------------------------------------------------
 

@@ -134,6 +134,11 @@ class _IdleWatch:
             self._queued = True
             self._rt.arming.queue(self)
 
+    def abandon(self):
+        """After a fork: the registration is the parent's poller's; just
+        stop reacting (starts nothing in the child)."""
+        self._closed = True
+
     def close(self):
         """Stop watching (call before closing the socket)."""
         if not self._closed:

@@ -87,6 +87,8 @@ class WorkerPool:
                 except ValueError:
                     pass
                 return
+            if worker not in self._threads:
+                return  # a thread of the parent (before a fork), or gone
             # The thread finishes this job on its own time and then exits.
             self._counted -= 1
             job._worker = "retired"

@@ -1,0 +1,36 @@
+"""``Stats``: the snapshot of a client's or pool's counters."""
+
+__all__ = ["Stats"]
+
+
+class Stats:
+    """A snapshot of a client's counters (read-only).
+
+    ``connects``: connections made; ``connect_failures``: attempts that
+    failed; ``losses``: established connections lost; ``retries``: attempts
+    started after the first; ``last_error``: the latest failure or loss
+    reason, or ``None``; ``last_change``: clock time of the latest state
+    change; ``waiting``: callers blocked now, waiting for a connection or a
+    state."""
+
+    __slots__ = ("connects", "connect_failures", "losses", "retries", "last_error",
+                 "last_change", "waiting")
+
+    def __init__(self, connects=0, connect_failures=0, losses=0, retries=0,
+                 last_error=None, last_change=None, waiting=0):
+        self.connects = connects
+        self.connect_failures = connect_failures
+        self.losses = losses
+        self.retries = retries
+        self.last_error = last_error
+        self.last_change = last_change
+        self.waiting = waiting
+
+    def _copy(self, waiting):
+        copy = Stats(*(getattr(self, k) for k in self.__slots__))
+        copy.waiting = waiting
+        return copy
+
+    def __repr__(self):
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"Stats({fields})"
