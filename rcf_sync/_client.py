@@ -75,6 +75,17 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
     waiters get :class:`~rcf_sync.GaveUp` chained to it, and
     :meth:`reconnect_now` starts again.
 
+    The factory is told why with a :class:`~rcf_sync.Failure`: of the
+    connect error for a failed attempt, of ``ConnectionDone`` for an orderly
+    close, of ``ConnectionLost`` (or ``ConnectionAborted``) otherwise;
+    ``on_disconnect`` gets the same exception, unwrapped.
+
+    When the factory builds protocols (``protocol`` set, or
+    ``buildProtocol`` overridden), the client drives one per connection
+    and the socket is the protocol's: see :attr:`protocol`,
+    :meth:`wait_protocol` and :meth:`call_protocol`; the handle methods
+    then raise :class:`~rcf_sync.ProtocolModeError`.
+
     Every public method is safe to call from any thread (on the gevent
     backend: from greenlets of the hub's thread; another thread gets a
     ``RuntimeError`` saying so). Use it as a context manager, or call
