@@ -95,6 +95,12 @@ class ReadingServer:
         finally:
             self._listener.close()
 
+    def join(self, timeout=20):
+        """Wait until all ``n`` connections were served (the client's side
+        of the last one may be closed before the server thread accepted it)."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def stop(self):
         self._listener.close()
         self._thread.join(20)
@@ -107,6 +113,8 @@ def twisted_events(mode):
     try:
         proc = subprocess.run([sys.executable, "-c", TWISTED_SIDE, str(server.port), mode],
                               capture_output=True, text=True, timeout=60)
+        if proc.returncode == 0:
+            assert server.join()
     finally:
         assert server.stop()
     assert proc.returncode == 0, proc.stderr
@@ -200,6 +208,7 @@ def rcf_sync_events(mode):
     try:
         with rcf_sync.ReconnectingClient(("127.0.0.1", server.port), factory=F()):
             assert done.wait(20), events
+        assert server.join()
     finally:
         assert server.stop()
     return events, server.endings

@@ -391,6 +391,7 @@ def test_none_from_build_protocol_closes_in_order_and_retries(kit, no_leaks):
             assert done.wait(10)
             assert c.protocol is None
             assert c.stats.connects == 2 and c.stats.losses == 2
+        assert kit.block(srv.join)
     finally:
         assert kit.block(srv.stop)
     assert all(r.check(ConnectionDone) for r in told)
