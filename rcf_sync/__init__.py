@@ -6,6 +6,15 @@ blocking code as a plain socket.
 """
 
 from ._address import IPv4Address, IPv6Address
+from ._client import ReconnectingClient, Stats
+from ._connectors import (
+    Connector,
+    SocketFactoryConnector,
+    TCPAddress,
+    TCPConnector,
+    UNIXAddress,
+    UNIXConnector,
+)
 from ._errors import (
     AlreadyCalled,
     AlreadyCancelled,
@@ -19,17 +28,9 @@ from ._errors import (
     ProtocolModeError,
     RCFError,
 )
-from ._client import ReconnectingClient, Stats
-from ._connectors import (
-    Connector,
-    SocketFactoryConnector,
-    TCPAddress,
-    TCPConnector,
-    UNIXAddress,
-    UNIXConnector,
-)
 from ._factory import ReconnectingClientFactory
 from ._failure import Failure
+from ._interfaces import IConnector, IDelayedCall, IReactorTime
 from ._pool import ReconnectingPool
 from ._protocol import Protocol
 from ._state import State
@@ -50,6 +51,9 @@ __all__ = [
     "IPv6Address",
     "Protocol",
     "Failure",
+    "IReactorTime",
+    "IDelayedCall",
+    "IConnector",
     "State",
     "RCFError",
     "ConnectionLost",

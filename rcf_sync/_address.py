@@ -9,8 +9,11 @@ attributes. :func:`address_of` turns what ``socket.getpeername()`` /
 ``getsockname()`` return into one of them.
 """
 
+from __future__ import annotations
+
 import os
 import socket
+from typing import Any, Union
 
 __all__ = ["IPv4Address", "IPv6Address", "UNIXAddress", "address_of"]
 
@@ -21,31 +24,32 @@ class _Value:
     """Equality, hashing and a keyword ``repr`` from ``_fields``."""
 
     __slots__ = ()
-    _fields = ()
+    _fields: tuple[str, ...] = ()
 
-    def _key(self):
+    def _key(self) -> tuple[Any, ...]:
         return tuple(getattr(self, name) for name in self._fields)
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
+        assert isinstance(other, _Value)  # the same type, checked above
         return self._key() == other._key()
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash((type(self).__name__,) + self._key())
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
         return f"{type(self).__name__}({fields})"
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{type(self).__name__} is immutable")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), self._key())
 
 
-def _check_type(type_):
+def _check_type(type_: str) -> str:
     if type_ not in _TYPES:
         raise ValueError(f"type must be 'TCP' or 'UDP', got {type_!r}")
     return type_
@@ -57,8 +61,11 @@ class IPv4Address(_Value):
 
     __slots__ = ("type", "host", "port")
     _fields = __slots__
+    type: str
+    host: str
+    port: int
 
-    def __init__(self, type, host, port):
+    def __init__(self, type: str, host: str, port: int) -> None:
         object.__setattr__(self, "type", _check_type(type))
         object.__setattr__(self, "host", host)
         object.__setattr__(self, "port", port)
@@ -70,8 +77,13 @@ class IPv6Address(_Value):
 
     __slots__ = ("type", "host", "port", "flowInfo", "scopeID")
     _fields = __slots__
+    type: str
+    host: str
+    port: int
+    flowInfo: int
+    scopeID: int
 
-    def __init__(self, type, host, port, flowInfo=0, scopeID=0):
+    def __init__(self, type: str, host: str, port: int, flowInfo: int = 0, scopeID: int = 0) -> None:
         object.__setattr__(self, "type", _check_type(type))
         object.__setattr__(self, "host", host)
         object.__setattr__(self, "port", port)
@@ -91,18 +103,22 @@ class UNIXAddress(_Value):
 
     __slots__ = ("name",)
     _fields = __slots__
+    name: bytes | None
 
-    def __init__(self, name):
-        if name is not None:
-            name = os.fsencode(name)
-        object.__setattr__(self, "name", name)
+    def __init__(self, name: str | bytes | os.PathLike[str] | os.PathLike[bytes] | None) -> None:
+        encoded = None if name is None else os.fsencode(name)
+        object.__setattr__(self, "name", encoded)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         shown = None if self.name is None else os.fsdecode(self.name)
         return f"UNIXAddress({shown!r})"
 
 
-def address_of(sockaddr, family):
+#: What :func:`address_of` returns.
+Address = Union[IPv4Address, IPv6Address, UNIXAddress]
+
+
+def address_of(sockaddr: Any, family: int) -> Address:
     """The Twisted-shaped address for ``sockaddr`` as returned by
     ``getpeername()`` / ``getsockname()`` on a socket of ``family``:
     :class:`IPv4Address`, :class:`IPv6Address` (for a scoped address the

@@ -264,10 +264,7 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
             self._cancel_attempt(pending)
             self._attempt_failed(ConnectionAbortedError("the connection attempt was stopped"))
 
-        if self._backend.in_loop():
-            stop()
-        else:
-            self._backend.call_soon(stop)
+        self._soon_on_loop(stop)
         return True
 
     def _connector_disconnect(self, connector):

@@ -6,6 +6,10 @@ caller already catches (``ConnectionError``, ``TimeoutError``), carries the
 exception), and pickles with both.
 """
 
+from __future__ import annotations
+
+from typing import Any
+
 __all__ = [
     "RCFError",
     "ConnectionLost",
@@ -29,16 +33,18 @@ class RCFError(Exception):
     one. The message always names both.
     """
 
-    def __init__(self, message="", destination=None, reason=None):
+    def __init__(
+        self, message: str = "", destination: str | None = None, reason: BaseException | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.destination = destination
         self.reason = reason
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.message
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.message, self.destination, self.reason))
 
 

@@ -628,6 +628,13 @@ class Handle(RunsUserCode, ForkSafe):
             for event in self._wake_all_locked():
                 event.set()
 
+    def _soon_on_loop(self, fn):
+        """Run ``fn`` now if this is the loop, else post it there."""
+        if self._backend.in_loop():
+            fn()
+        else:
+            self._backend.call_soon(fn)
+
     def _on_loop(self, fn, timeout=5.0):
         """Run ``fn`` on the loop and wait (up to ``timeout``) until it ran.
         Returns False if it had not run by then."""

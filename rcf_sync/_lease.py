@@ -7,7 +7,14 @@ comes back while callers are queued goes to the oldest of them, so a caller
 releasing and re-leasing in a loop cannot starve the others.
 """
 
+from __future__ import annotations
+
 import collections
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._backends._seam import Event
+    from ._connection import Connection
 
 __all__ = ["Ticket", "LeaseQueue"]
 
@@ -18,9 +25,9 @@ class Ticket:
 
     __slots__ = ("event", "conn")
 
-    def __init__(self, event):
+    def __init__(self, event: Event) -> None:
         self.event = event
-        self.conn = None
+        self.conn: Connection | None = None
 
 
 class LeaseQueue:
@@ -28,22 +35,22 @@ class LeaseQueue:
 
     __slots__ = ("_tickets",)
 
-    def __init__(self):
-        self._tickets = collections.deque()
+    def __init__(self) -> None:
+        self._tickets: collections.deque[Ticket] = collections.deque()
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._tickets)
 
-    def __bool__(self):
+    def __bool__(self) -> bool:
         return bool(self._tickets)
 
-    def join(self, event):
+    def join(self, event: Event) -> Ticket:
         """Queue a new caller; return its ticket."""
         ticket = Ticket(event)
         self._tickets.append(ticket)
         return ticket
 
-    def leave(self, ticket):
+    def leave(self, ticket: Ticket) -> Connection | None:
         """The caller of ``ticket`` stops waiting. Returns the connection
         handed to it meanwhile (the handle must pass it on), or None."""
         try:
@@ -52,7 +59,7 @@ class LeaseQueue:
             pass
         return ticket.conn
 
-    def hand(self, conn):
+    def hand(self, conn: Connection) -> Ticket | None:
         """Give ``conn`` to the oldest queued caller: return its ticket (the
         handle sets ``ticket.event`` after releasing the lock), or None when
         nobody waits."""
@@ -62,10 +69,10 @@ class LeaseQueue:
         ticket.conn = conn
         return ticket
 
-    def events(self):
+    def events(self) -> list[Event]:
         """The events of every queued caller (to wake them all)."""
         return [t.event for t in self._tickets]
 
-    def clear(self):
+    def clear(self) -> None:
         """Forget every ticket (after a fork: their callers are not here)."""
         self._tickets.clear()

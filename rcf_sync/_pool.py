@@ -354,10 +354,7 @@ class ReconnectingPool(Liveness, Handle):
                 self._cancel_attempt(handle)
             self._factory_calls([("doStop", ())] * len(attempts), lambda _: self._after_factory())
 
-        if self._backend.in_loop():
-            stop()
-        else:
-            self._backend.call_soon(stop)
+        self._soon_on_loop(stop)
         return True
 
     def _connector_disconnect(self, connector):

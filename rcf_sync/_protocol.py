@@ -26,23 +26,39 @@ under a lock of ours: they must not block (set a flag, poke a wake-up
 socket, schedule on the loop).
 """
 
+from __future__ import annotations
+
+import _thread
 import collections
 import sys
-import _thread
+from collections.abc import Iterable
+from typing import Any, Union
+from typing import Protocol as _Shape
 
 from ._errors import ConnectionDone
 from ._failure import Failure
 
+_BytesLike = Union[bytes, bytearray, memoryview]
+
+
+class _Sender(_Shape):
+    """What a :class:`Transport` asks to flush or abort (see above)."""
+
+    def wake(self) -> None: ...
+
+    def abort(self) -> None: ...
+
 __all__ = ["Protocol", "Transport", "connectionDone"]
 
 
-def _real_lock():
+def _real_lock() -> _thread.LockType:
     """A lock that excludes native threads even under gevent's
     monkey-patching. Safe for greenlets too: it is only held for short
     sections that never block or switch."""
     monkey = sys.modules.get("gevent.monkey")
     if monkey is not None and monkey.is_module_patched("threading"):
-        return monkey.get_original("_thread", "allocate_lock")()
+        lock: _thread.LockType = monkey.get_original("_thread", "allocate_lock")()
+        return lock
     return _thread.allocate_lock()
 
 
@@ -53,17 +69,19 @@ class BaseProtocol:
     """The part of Twisted's ``BaseProtocol`` a client uses: ``connected``,
     ``transport``, :meth:`makeConnection` and :meth:`connectionMade`."""
 
-    connected = 0
-    transport = None
+    connected: int = 0
+    #: The :class:`Transport` (or any object of Twisted's ``ITransport``
+    #: shape) once connected.
+    transport: Any = None
 
-    def makeConnection(self, transport):
+    def makeConnection(self, transport: Any) -> None:
         """Attach ``transport``: set ``connected`` to 1 and ``transport``,
         then call :meth:`connectionMade`. Called by the client, once."""
         self.connected = 1
         self.transport = transport
         self.connectionMade()
 
-    def connectionMade(self):
+    def connectionMade(self) -> None:
         """Called once the connection is up; send a greeting or subscribe
         here. Does nothing by default."""
 
@@ -82,16 +100,17 @@ class Protocol(BaseProtocol):
     As in Twisted, ``connected`` stays 1 after ``connectionLost``.
     """
 
-    factory = None
+    #: The factory that built this protocol (set by ``buildProtocol``).
+    factory: Any = None
 
-    def logPrefix(self):
+    def logPrefix(self) -> str:
         """The class name, for log messages."""
         return self.__class__.__name__
 
-    def dataReceived(self, data):
+    def dataReceived(self, data: bytes) -> None:
         """Called with each chunk of bytes received. Does nothing by default."""
 
-    def connectionLost(self, reason=connectionDone):
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         """Called once when the connection ends, with a
         :class:`~rcf_sync.Failure` saying why (``ConnectionDone`` for a clean
         close). Does nothing by default."""
@@ -110,45 +129,45 @@ class _WriteBuffer:
     After :meth:`close` everything is dropped and appends are refused.
     """
 
-    def __init__(self, lock=None):
+    def __init__(self, lock: _thread.LockType | None = None) -> None:
         self._lock = _real_lock() if lock is None else lock
-        self._chunks = collections.deque()
+        self._chunks: collections.deque[bytes] = collections.deque()
         self._offset = 0  # bytes of _chunks[0] already sent
         self._length = 0  # bytes not yet sent
         self._closed = False
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self._length
 
     @property
-    def empty(self):
+    def empty(self) -> bool:
         """True when nothing is waiting to be sent."""
         return not self._length
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         """True after :meth:`close`."""
         return self._closed
 
-    def append(self, data):
+    def append(self, data: _BytesLike) -> bool:
         """Queue ``data`` (bytes-like; copied unless ``bytes``). Returns True
         when the buffer was empty and now is not: the caller should wake the
         sender. Returns False (and drops ``data``) once closed."""
         return self.extend((data,))
 
-    def extend(self, chunks):
+    def extend(self, chunks: Iterable[_BytesLike]) -> bool:
         """Queue several chunks at once, in order; returns as :meth:`append`."""
-        chunks = [c if type(c) is bytes else bytes(c) for c in chunks]
-        chunks = [c for c in chunks if c]
+        copied = [c if type(c) is bytes else bytes(c) for c in chunks]
+        copied = [c for c in copied if c]
         with self._lock:
-            if self._closed or not chunks:
+            if self._closed or not copied:
                 return False
             was_empty = not self._length
-            self._chunks.extend(chunks)
-            self._length += sum(map(len, chunks))
+            self._chunks.extend(copied)
+            self._length += sum(map(len, copied))
             return was_empty
 
-    def take(self, limit):
+    def take(self, limit: int) -> bytes:
         """Up to ``limit`` bytes from the front, without removing them
         (``b""`` when empty). ``ValueError`` unless ``limit`` >= 1."""
         if limit < 1:
@@ -177,7 +196,7 @@ class _WriteBuffer:
                 return joined
             return parts[0]
 
-    def mark_sent(self, count):
+    def mark_sent(self, count: int) -> int:
         """Remove ``count`` bytes from the front (what a send reported);
         returns how many bytes remain. ``ValueError`` for a count below 0 or
         above :func:`len`. After :meth:`close` it returns 0."""
@@ -199,13 +218,13 @@ class _WriteBuffer:
                     count = 0
             return self._length
 
-    def close(self):
+    def close(self) -> int:
         """Drop everything and refuse later appends; returns how many bytes
         were dropped."""
         with self._lock:
             return self._close_locked()
 
-    def close_if_empty(self):
+    def close_if_empty(self) -> bool:
         """Close (as :meth:`close`) only if nothing is waiting; returns
         whether it closed. Atomic against appends."""
         with self._lock:
@@ -214,7 +233,7 @@ class _WriteBuffer:
             self._close_locked()
             return True
 
-    def _close_locked(self):
+    def _close_locked(self) -> int:
         dropped = self._length
         self._closed = True
         self._chunks.clear()
@@ -238,7 +257,10 @@ class Transport:
     (True once it ended).
     """
 
-    def __init__(self, sender, peer=None, host=None, *, lock=None):
+    def __init__(
+        self, sender: _Sender, peer: object = None, host: object = None, *,
+        lock: _thread.LockType | None = None,
+    ) -> None:
         self._sender = sender
         self._peer = peer
         self._host = host
@@ -249,14 +271,14 @@ class Transport:
         self.disconnecting = False
         self.aborting = False
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = ("aborting" if self.aborting else "disconnecting" if self.disconnecting
                  else "connected" if self.connected else "disconnected")
         return f"<{type(self).__name__} to {self._peer!r} {state}, {len(self.buffer)} bytes buffered>"
 
     # -- ITransport ---------------------------------------------------------------
 
-    def write(self, data):
+    def write(self, data: bytes) -> None:
         """Queue ``data`` (``bytes``; ``TypeError`` otherwise) to be sent
         after what was written before. Returns at once. Dropped silently once
         the connection has ended or been aborted, as Twisted does; still sent
@@ -266,7 +288,7 @@ class Transport:
         if self.connected and self.buffer.append(data):
             self._sender.wake()
 
-    def writeSequence(self, iovec):
+    def writeSequence(self, iovec: Iterable[bytes]) -> None:
         """Queue every chunk of ``iovec`` in order, all at once; as :meth:`write`."""
         chunks = list(iovec)
         for chunk in chunks:
@@ -275,7 +297,7 @@ class Transport:
         if self.connected and self.buffer.extend(chunks):
             self._sender.wake()
 
-    def loseConnection(self):
+    def loseConnection(self) -> None:
         """Close the connection once everything written so far has been
         sent; the protocol then hears ``ConnectionDone``. Sets
         ``disconnecting``. Does nothing after the first call or once the
@@ -286,7 +308,7 @@ class Transport:
             self.disconnecting = True
         self._sender.wake()
 
-    def abortConnection(self):
+    def abortConnection(self) -> None:
         """Close the connection now, dropping anything not yet sent; the
         protocol then hears ``ConnectionAborted``. Does nothing after the
         first call or once the connection has ended."""
@@ -297,23 +319,23 @@ class Transport:
         self.buffer.close()
         self._sender.abort()
 
-    def getPeer(self):
+    def getPeer(self) -> Any:
         """The address of the other end."""
         return self._peer
 
-    def getHost(self):
+    def getHost(self) -> Any:
         """The address of this end."""
         return self._host
 
     # -- the sender's side --------------------------------------------------------
 
-    def close_if_flushed(self):
+    def close_if_flushed(self) -> bool:
         """For the sender: True when a :meth:`loseConnection` is pending and
         everything has been sent, so the socket may be closed now; from then
         on writes are dropped."""
         return self.disconnecting and self.buffer.close_if_empty()
 
-    def connection_lost(self):
+    def connection_lost(self) -> int:
         """For the sender: the connection has ended. Clears ``connected``,
         sets ``disconnected`` and drops what was still buffered; returns how
         many bytes were dropped."""

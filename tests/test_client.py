@@ -5,6 +5,7 @@ import socket
 import time
 
 import pytest
+from conftest import echo, our_threads, unique_payload_run
 
 import rcf_sync
 from rcf_sync import (
@@ -18,8 +19,6 @@ from rcf_sync import (
     State,
 )
 from rcf_sync.testing import FakeClock
-
-from conftest import echo, our_threads, unique_payload_run
 
 S = State
 
@@ -65,7 +64,10 @@ def test_success_after_failures_resets_delay(kit, server, free_port, no_leaks):
     """If a connection succeeds after failures, then the client calls resetDelay()."""
     clock = FakeClock()
     port_holder = {"port": free_port}
-    target = lambda: socket.create_connection(("127.0.0.1", port_holder["port"]), 2)
+
+    def target():
+        return socket.create_connection(("127.0.0.1", port_holder["port"]), 2)
+
     factory = ReconnectingClientFactory(initialDelay=1.0, jitter=0)
     with make(kit, target, clock, factory=factory) as c:
         c.wait_state(S.WAITING, timeout=5)

@@ -16,18 +16,18 @@ import pytest
 
 pytest.importorskip("twisted")
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from twisted.internet import error as twisted_error  # noqa: E402
-from twisted.internet import task  # noqa: E402
-from twisted.internet.interfaces import IDelayedCall, IReactorTime  # noqa: E402
-from twisted.internet.protocol import ReconnectingClientFactory as TwistedFactory  # noqa: E402
-from twisted.python import log as twisted_log  # noqa: E402
-from zope.interface.verify import verifyObject  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet import error as twisted_error
+from twisted.internet import task
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import ReconnectingClientFactory as TwistedFactory
+from twisted.python import log as twisted_log
+from zope.interface.verify import verifyObject
 
-import rcf_sync  # noqa: E402
-from rcf_sync import ReconnectingClientFactory as OurFactory  # noqa: E402
-from rcf_sync.testing import FakeClock  # noqa: E402
+import rcf_sync
+from rcf_sync import ReconnectingClientFactory as OurFactory
+from rcf_sync.testing import FakeClock
 
 CLOCKS = {"FakeClock": FakeClock, "task.Clock": task.Clock}
 
@@ -366,7 +366,7 @@ def test_subclass_retry_override_is_honoured_by_both():
 
         class Sub(base):
             def retry(self, connector=None):
-                calls.append(connector)
+                calls.append(connector)  # noqa: B023 (used within this iteration only)
 
         f = Sub()
         f.clock = task.Clock()
@@ -396,10 +396,10 @@ def test_log_prefix_and_do_start_do_stop_match():
             noisy = False
 
             def startFactory(self):
-                events.append(("start", self.numPorts))
+                events.append(("start", self.numPorts))  # noqa: B023 (this iteration only)
 
             def stopFactory(self):
-                events.append(("stop", self.numPorts))
+                events.append(("stop", self.numPorts))  # noqa: B023 (this iteration only)
 
         f = Sub()
         for op in ("doStart", "doStart", "doStop", "doStop", "doStop", "doStart"):

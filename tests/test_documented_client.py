@@ -3,7 +3,6 @@ under Twisted's reactor and, once protocol mode exists, under rcf_sync: the
 same code must print the same sequence of events."""
 
 import pytest
-
 from documented_client_events import GreetServer, load_example, run_client
 
 #: What the documented client prints against a GreetServer that greets twice

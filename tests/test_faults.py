@@ -20,6 +20,7 @@ import threading
 import time
 
 import pytest
+from conftest import HungListener
 
 from rcf_sync import (
     ClientClosed,
@@ -33,8 +34,6 @@ from rcf_sync import (
     TCPConnector,
 )
 from rcf_sync.testing import FakeClock, FaultProxy
-
-from conftest import HungListener
 
 S = State
 IO_TIMEOUT = 5.0  # socket timeout for a request that should complete at once

@@ -16,13 +16,12 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
-
 import fork_helpers
+import pytest
+from conftest import echo, our_threads, socket_fds
+
 from rcf_sync import ReconnectingClient, ReconnectingClientFactory, ReconnectingPool, State
 from rcf_sync.testing import EchoServer
-
-from conftest import echo, open_fds, our_threads
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -37,17 +36,6 @@ pytestmark = [
 
 def quick():
     return ReconnectingClientFactory(initialDelay=0.01, maxDelay=0.05, jitter=0)
-
-
-def socket_fds():
-    out = set()
-    for fd in open_fds():
-        try:
-            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
-                out.add(fd)
-        except OSError:
-            pass
-    return out
 
 
 def in_child(fn):

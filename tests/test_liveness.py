@@ -3,12 +3,11 @@
 import socket
 
 import pytest
+from conftest import echo
 
 import rcf_sync
 from rcf_sync import ReconnectingClient, ReconnectingClientFactory, State
 from rcf_sync.testing import FaultProxy
-
-from conftest import echo
 
 
 def test_keepalive_is_on_by_default(kit, server, no_leaks):

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from conftest import echo
 
 from rcf_sync import (
     ConnectionLost,
@@ -15,8 +16,6 @@ from rcf_sync import (
     State,
 )
 from rcf_sync.testing import FakeClock
-
-from conftest import echo
 
 S = State
 
@@ -67,7 +66,7 @@ def test_lease_never_hands_out_a_connection_with_unread_bytes(kit, server, no_le
 def test_lease_never_hands_out_a_connection_the_peer_closed(kit, server, no_leaks):
     """If the peer closed the connection a moment before a lease, then the caller gets a new connection, not ConnectionLost."""
     with ReconnectingClient(server.address, factory=quick(), backend=kit.name) as c:
-        for i in range(10):
+        for _ in range(10):
             assert c.call(echo, b"x", timeout=5, attempts=1) == b"x"
             n = c.stats.connects
             assert kit.block(server.wait_accepted, n, 5)

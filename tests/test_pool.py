@@ -4,6 +4,7 @@ import socket
 import threading
 
 import pytest
+from conftest import echo, unique_payload_run
 
 from rcf_sync import (
     ClientClosed,
@@ -15,8 +16,6 @@ from rcf_sync import (
     State,
 )
 from rcf_sync.testing import FakeClock
-
-from conftest import echo, unique_payload_run
 
 S = State
 

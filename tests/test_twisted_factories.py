@@ -85,8 +85,9 @@ def test_twisted_factory_test_passes_against_ours(variant, class_name, method_na
 
 def test_the_swap_really_uses_our_factory():
     """If the module is loaded with the import swapped, then its ReconnectingClientFactory is ours and Protocol is as chosen."""
-    import rcf_sync
     from twisted.internet import protocol as twisted_protocol
+
+    import rcf_sync
 
     ours = load_swapped("rcf_sync-protocol")
     theirs = load_swapped("twisted-protocol")

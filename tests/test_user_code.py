@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from conftest import echo, our_threads
 
 from rcf_sync import (
     GaveUp,
@@ -16,8 +17,6 @@ from rcf_sync import (
     State,
 )
 from rcf_sync.testing import EchoServer
-
-from conftest import echo, our_threads
 
 S = State
 
