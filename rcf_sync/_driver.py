@@ -15,10 +15,14 @@ Ownership: every field of :class:`Driver` is the loop's, except ``_broken``
 (written and read by the user-code queue) and the transport (thread-safe).
 """
 
+from __future__ import annotations
+
+import functools
 import logging
 import os
 import socket
 import ssl
+from typing import Any, Callable
 
 from ._address import address_of
 from ._errors import ConnectionAborted, ConnectionDone, ConnectionLost
@@ -41,13 +45,13 @@ _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSL
 class _ThreadIO:
     """Readiness on the thread backend's poller (loop thread only)."""
 
-    def __init__(self, backend, sock, on_ready):
+    def __init__(self, backend: Any, sock: Any, on_ready: Callable[[], None]) -> None:
         self._rt = backend._rt
         self._sock = sock
         self._on_ready = on_ready
         self._closed = False
 
-    def want(self, read, write):
+    def want(self, read: bool, write: bool) -> None:
         from ._backends._runtime import READ, READ_WRITE, WRITE
 
         if self._closed or not (read or write):
@@ -58,11 +62,11 @@ class _ThreadIO:
         except (OSError, ValueError):  # closed under us: let the next recv say so
             self._rt.post(self._fire)
 
-    def _fire(self):
+    def _fire(self) -> None:
         if not self._closed:
             self._on_ready()
 
-    def close(self):
+    def close(self) -> None:
         if not self._closed:
             self._closed = True
             self._rt.forget(self._sock)
@@ -71,12 +75,12 @@ class _ThreadIO:
 class _GeventIO:
     """Readiness from two libev watchers on the hub."""
 
-    def __init__(self, backend, sock, on_ready):
+    def __init__(self, backend: Any, sock: Any, on_ready: Callable[[], None]) -> None:
         loop = backend._hub.loop
         self._on_ready = on_ready
-        self._watchers = (loop.io(sock.fileno(), 1), loop.io(sock.fileno(), 2))
+        self._watchers: tuple[Any, Any] | None = (loop.io(sock.fileno(), 1), loop.io(sock.fileno(), 2))
 
-    def want(self, read, write):
+    def want(self, read: bool, write: bool) -> None:
         if self._watchers is None:
             return
         for watcher, on in zip(self._watchers, (read, write)):
@@ -85,7 +89,7 @@ class _GeventIO:
             elif not on and watcher.active:
                 watcher.stop()
 
-    def _fire(self):
+    def _fire(self) -> None:
         if self._watchers is not None:
             for watcher in self._watchers:
                 watcher.stop()
@@ -94,14 +98,14 @@ class _GeventIO:
             except Exception:
                 log.exception("unexpected error in rcf_sync's protocol driver")
 
-    def close(self):
+    def close(self) -> None:
         watchers, self._watchers = self._watchers, None
         for watcher in watchers or ():
             watcher.stop()
             watcher.close()
 
 
-def _address(sock, which):
+def _address(sock: Any, which: str) -> Any:
     try:
         return address_of(getattr(sock, which)(), sock.family)
     except (OSError, ValueError):
@@ -111,7 +115,7 @@ def _address(sock, which):
 class Driver:
     """Drives one protocol over one connection; the transport's sender."""
 
-    def __init__(self, client, conn, protocol):
+    def __init__(self, client: Any, conn: Any, protocol: Any) -> None:
         self._client = client
         self._user = client._user
         self._backend = client._backend
@@ -123,34 +127,35 @@ class Driver:
         self.transport = Transport(self, _address(sock, "getpeername"), _address(sock, "getsockname"))
         self.made = False       # makeConnection() returned
         self.ended = False
-        self._reason = None     # the exception that ended it, once settled
+        self._reason: BaseException | None = None  # the exception that ended it, once settled
         self._queued = 0        # bytes queued for dataReceived, not yet processed
         self._paused = False
         self._broken = False    # a dataReceived raised: later chunks are dropped
         self._pid = os.getpid()
-        io = _GeventIO if self._backend.name == "gevent" else _ThreadIO
+        io: type[_GeventIO] | type[_ThreadIO] = (
+            _GeventIO if self._backend.name == "gevent" else _ThreadIO)
         self._io = io(self._backend, sock, self._ready)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Driver of {self.protocol!r} over {self.transport!r}>"
 
-    def start(self):
+    def start(self) -> None:
         """Loop: queue makeConnection and start reading."""
         self._user.run(self.protocol.makeConnection, (self.transport,), self._made)
         self._arm()
 
     # -- the transport's sender (any thread) ------------------------------------------
 
-    def wake(self):
+    def wake(self) -> None:
         self._backend.call_soon(self._flush)
 
-    def abort(self):
+    def abort(self) -> None:
         self._backend.call_soon(self._lose, ConnectionAborted(
             f"connection to {self._dest} aborted by abortConnection()", self._dest))
 
     # -- loop ---------------------------------------------------------------------
 
-    def _made(self, result, exc):
+    def _made(self, result: Any, exc: BaseException | None) -> None:
         if exc is not None:
             # As Twisted: logged, the connection closed in order, and the
             # exception is the reason both connectionLost and the factory get.
@@ -164,18 +169,18 @@ class Driver:
             self.made = not self.ended
             client._changed_locked()
 
-    def _arm(self):
+    def _arm(self) -> None:
         if not self.ended:
             self._io.want(not self._paused, not self.transport.buffer.empty)
 
-    def _ready(self):
+    def _ready(self) -> None:
         if self.ended:
             return
         if not self._paused and not self._read():
             return
         self._flush()
 
-    def _read(self):
+    def _read(self) -> bool:
         """Read what is there; False once the connection has ended."""
         sock = self._sock
         for _ in range(_READS_PER_TURN):
@@ -191,14 +196,14 @@ class Driver:
                                           self._dest))
                 return False
             self._queued += len(data)
-            self._user.run(self._data, (data,), lambda r, e, n=len(data): self._data_done(n, e))
+            self._user.run(self._data, (data,), functools.partial(self._data_done, len(data)))
             if self._queued >= _HIGH_WATER:
                 self._paused = True
                 return True
         self._backend.call_soon(self._ready)  # more may be waiting (or decrypted)
         return True
 
-    def _data(self, data):
+    def _data(self, data: bytes) -> None:
         # User-code queue.
         if self._broken:
             return
@@ -208,7 +213,7 @@ class Driver:
             self._broken = True
             raise
 
-    def _data_done(self, size, exc):
+    def _data_done(self, size: int, result: Any, exc: BaseException | None) -> None:
         self._queued -= size
         if exc is not None:
             self._client._user_failed(f"{type(self.protocol).__name__}.dataReceived()", exc)
@@ -217,7 +222,7 @@ class Driver:
             self._paused = False
             self._arm()
 
-    def _flush(self):
+    def _flush(self) -> None:
         if self.ended:
             return
         buffer, sock = self.transport.buffer, self._sock
@@ -241,19 +246,19 @@ class Driver:
             return
         self._arm()
 
-    def _lose(self, exc, raw=False):
+    def _lose(self, exc: BaseException, raw: bool = False) -> None:
         """Loop: the connection ends with ``exc`` (told to the client)."""
         if self._reason is None and not self.ended:
             self._reason = exc if raw else loss_exception(exc, self._dest)
         self._client._mark_lost(self._conn, exc)
 
-    def settle(self, exc):
+    def settle(self, exc: BaseException) -> BaseException:
         """Loop, the client is handling the loss: the reason it ended."""
         if self._reason is None:
             self._reason = loss_exception(exc, self._dest)
         return self._reason
 
-    def close(self):
+    def close(self) -> None:
         """Loop, before the socket is closed (every way a connection ends):
         stop, close in order unless aborted, and queue connectionLost."""
         if self.ended:
@@ -282,12 +287,12 @@ class Driver:
                 pass
         self._user.run(self.protocol.connectionLost, (as_failure(reason),), self._lost_done)
 
-    def _lost_done(self, result, exc):
+    def _lost_done(self, result: Any, exc: BaseException | None) -> None:
         if exc is not None:
             self._client._user_failed(f"{type(self.protocol).__name__}.connectionLost()", exc)
 
     # The idle watch's other methods: a protocol's connection is never leased.
-    def leased(self):
+    def leased(self) -> None:
         pass
 
     released = rearm = leased

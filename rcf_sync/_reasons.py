@@ -15,11 +15,14 @@ Twisted's kinds:
 ``ConnectionDone`` is never used for a reset or an abort.
 """
 
+from __future__ import annotations
+
 import select
+from typing import Any, Callable
 
 from ._backends._base import original
 from ._errors import ConnectionDone, ConnectionLost, RCFError
-from ._failure import as_failure
+from ._failure import Failure, as_failure
 
 __all__ = ["PeerClosed", "ClosedHere", "peer_closed", "loss_exception", "loss_failure"]
 
@@ -34,10 +37,10 @@ class ClosedHere(ConnectionAbortedError):
     """We closed the connection in order (``connector.disconnect()``)."""
 
 
-_poll = []
+_poll: list[Callable[[], Any] | None] = []
 
 
-def peer_closed(sock, message="the peer closed the connection"):
+def peer_closed(sock: Any, message: str = "the peer closed the connection") -> OSError:
     """Loop or lease holder, once ``sock`` is known to be closed by the
     peer: :class:`PeerClosed` for an orderly close (a FIN), else a
     ``ConnectionResetError`` (an RST or another socket error). Looks
@@ -63,7 +66,7 @@ def peer_closed(sock, message="the peer closed the connection"):
     return PeerClosed(message)
 
 
-def loss_exception(exc, destination):
+def loss_exception(exc: BaseException, destination: str) -> BaseException:
     """The exception that says why a connection to ``destination`` ended,
     for ``on_disconnect`` and (as a Failure) the factory: ours unchanged,
     an orderly close as ``ConnectionDone``, anything else as
@@ -76,6 +79,6 @@ def loss_exception(exc, destination):
     return ConnectionLost(f"connection to {destination} lost: {exc}", destination, exc)
 
 
-def loss_failure(exc, destination):
+def loss_failure(exc: BaseException, destination: str) -> Failure:
     """:func:`loss_exception` as a :class:`~rcf_sync.Failure`."""
     return as_failure(loss_exception(exc, destination))

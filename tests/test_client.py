@@ -10,9 +10,9 @@ from conftest import echo, our_threads, unique_payload_run
 import rcf_sync
 from rcf_sync import (
     ClientClosed,
-    Failure,
     ConnectionLost,
     ConnectTimeout,
+    Failure,
     GaveUp,
     ReconnectingClient,
     ReconnectingClientFactory,

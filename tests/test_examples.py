@@ -144,8 +144,8 @@ def test_twisted_protocol_example_runs_until_interrupted():
         try:
             assert [run.next_line() for _ in range(5)] == [
                 "Started to connect.", "Connected.", "Resetting reconnection delay", "hello 1",
-                "Lost connection.  Reason: connection to 127.0.0.1:%d closed cleanly by the peer"
-                % server.port]
+                f"Lost connection.  Reason: connection to 127.0.0.1:{server.port} closed cleanly "
+                "by the peer"]
             assert run.next_line() == "Started to connect."
             assert run.next_line().startswith("Connection failed. Reason: [Errno 111]")
         finally:

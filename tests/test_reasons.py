@@ -2,6 +2,7 @@
 attempt fails or a connection ends: Twisted-shaped Failures, on both backends."""
 
 import pytest
+from conftest import echo
 
 from rcf_sync import (
     ConnectionAborted,
@@ -16,8 +17,6 @@ from rcf_sync import (
     TCPConnector,
 )
 from rcf_sync.testing import FaultProxy
-
-from conftest import echo
 
 
 class Telling(ReconnectingClientFactory):
