@@ -291,6 +291,12 @@ class Driver:
         if exc is not None:
             self._client._user_failed(f"{type(self.protocol).__name__}.connectionLost()", exc)
 
+    def abandon(self) -> None:
+        """In a forked child: forget the parent's protocol without a word
+        (no callback, nothing sent, nothing started here)."""
+        self.ended = True
+        self.made = False
+
     # The idle watch's other methods: a protocol's connection is never leased.
     def leased(self) -> None:
         pass
