@@ -30,7 +30,7 @@ from ._failure import as_failure
 from ._protocol import Transport
 from ._reasons import loss_exception
 
-__all__ = ["Driver"]
+__all__ = ["Driver", "peer_address"]
 
 log = logging.getLogger("rcf_sync")
 
@@ -105,6 +105,12 @@ class _GeventIO:
             watcher.close()
 
 
+def peer_address(sock: Any) -> Any:
+    """The Twisted-shaped address of ``sock``'s peer (``None`` if it has
+    none that Twisted would name)."""
+    return _address(sock, "getpeername")
+
+
 def _address(sock: Any, which: str) -> Any:
     try:
         return address_of(getattr(sock, which)(), sock.family)
@@ -167,7 +173,9 @@ class Driver:
         client = self._client
         with client._lock:
             self.made = not self.ended
-            client._changed_locked()
+            waiting = client._wake_all_locked() if self.made else []
+        for event in waiting:  # wait_protocol() callers
+            event.set()
 
     def _arm(self) -> None:
         if not self.ended:

@@ -18,9 +18,8 @@ queue as the protocol's callbacks, so ``connectionLost`` comes before
 import logging
 import socket
 
-from ._address import address_of
 from ._connection import Owner
-from ._driver import Driver
+from ._driver import Driver, peer_address
 from ._errors import ConnectionDone, ConnectionLost, ProtocolModeError
 from ._failure import as_failure
 from ._state import Event
@@ -115,7 +114,7 @@ class ProtocolMode:
         sock = yield from super()._steps(pending)
         if self._proto_mode:
             try:
-                addr = address_of(sock.getpeername(), sock.family)
+                addr = peer_address(sock)
                 pending.protocol = yield UserCall(self.factory.buildProtocol, addr)
             except BaseException as exc:
                 if isinstance(exc, Exception):  # not a cancellation
