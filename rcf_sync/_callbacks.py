@@ -46,7 +46,7 @@ class UserCode:
     def __init__(self, backend: Backend) -> None:
         self._backend = backend
         self._lock = backend.lock()         # guards the three fields below
-        self._queue: collections.deque[_Call] = collections.deque()  # calls waiting their turn
+        self._queue: collections.deque[_Call] | None = None  # calls waiting their turn
         self._running: _Call | None = None  # the call running now
         self._drained: Event | None = None  # event for wait_drained(), made on demand
 
@@ -58,6 +58,8 @@ class UserCode:
         call = _Call(fn, args, then, threaded)
         with self._lock:
             if self._running is not None:
+                if self._queue is None:
+                    self._queue = collections.deque()
                 self._queue.append(call)
                 return call
             self._running = call
@@ -112,11 +114,12 @@ class UserCode:
             if call.abandoned:
                 return
             call.abandoned = True
-            try:
-                self._queue.remove(call)
-                return
-            except ValueError:
-                pass
+            if self._queue:
+                try:
+                    self._queue.remove(call)
+                    return
+                except ValueError:
+                    pass
             nxt = self._next_locked(call)
         job = call.job
         if job is not None:
@@ -127,7 +130,7 @@ class UserCode:
     def reset_after_fork(self) -> None:
         """In a forked child: the parent's calls do not run here."""
         self._lock = self._backend.lock()
-        self._queue = collections.deque()
+        self._queue = None
         self._running = None
 
 

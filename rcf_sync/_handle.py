@@ -486,7 +486,8 @@ class Handle(RunsUserCode, ForkSafe):
     # -- leases ---------------------------------------------------------------
 
     def _acquire(self, deadline, stream=False):
-        self._enter()
+        if self._caller_thread is not None or self._revive:
+            self._enter()
         while True:
             conn = self._lease_one(deadline)
             if stream:
@@ -504,7 +505,7 @@ class Handle(RunsUserCode, ForkSafe):
         # Fair: a newcomer takes a free connection only when nobody is queued;
         # queued callers are handed connections in order (_release).
         with self._lock:
-            conn = None if self._leases else self._take_locked()
+            conn = None if self._leases.tickets else self._take_locked()
         if conn is not None:  # the usual case: no wait, one lock block
             return conn
         ticket = None
@@ -567,7 +568,8 @@ class Handle(RunsUserCode, ForkSafe):
             with self._lock:
                 doomed = conn.doomed
                 if doomed is None and conn.owner is Owner.LEASED:
-                    ticket = self._leases.hand(conn)  # stays LEASED, for its new holder
+                    if self._leases.tickets:
+                        ticket = self._leases.hand(conn)  # stays LEASED, for its new holder
                     if ticket is None:
                         conn.owner = Owner.IDLE
                         if self._keeps_idle:

@@ -19,6 +19,18 @@ class RunsUserCode:
         factory is ours; in the user-code queue otherwise. An exception
         stops the handle (:meth:`_user_failed`)."""
         factory = self.factory
+        if self._trusted:  # ours: it cannot block, so no hand-off (the usual case)
+            name = None
+            result = None
+            try:
+                for name, args in calls:
+                    result = getattr(factory, name)(*args)
+            except Exception as exc:
+                self._user_failed(f"{type(factory).__name__}.{name}()", exc)
+                return
+            if then is not None:
+                then(result)
+            return
         where = [None]
 
         def run():
@@ -34,15 +46,7 @@ class RunsUserCode:
             elif then is not None:
                 then(result)
 
-        if self._trusted:
-            try:
-                result = run()
-            except Exception as exc:
-                done(None, exc)
-            else:
-                done(result, None)
-        else:
-            self._user.run(run, (), done)
+        self._user.run(run, (), done)
 
     def _user_callback(self, label, fn, *args):
         """Loop: run user callback ``fn(*args)`` in the queue; raising stops
