@@ -10,6 +10,7 @@ import time
 import pytest
 
 from rcf_sync import (
+    ClientClosed,
     ConnectionAborted,
     ConnectionDone,
     ConnectionLost,
@@ -465,3 +466,26 @@ def test_wait_protocol_without_a_protocol_is_an_error(kit, server, no_leaks):
             c.wait_protocol(timeout=1)
         assert c.protocol is None
         assert c.wait_connected(timeout=5) is not None
+
+
+def test_write_from_another_os_thread_is_sent(kit, server, no_leaks):
+    """If a plain OS thread (not the client's caller) writes to the transport, then the bytes are sent, on the gevent backend too."""
+    with recording_client(kit, server.address, []) as c:
+        p = c.wait_protocol(timeout=5)
+        arrived = c.call_protocol(lambda p: p.expect(b"from a thread"))
+        writer = threading.Thread(target=p.transport.write, args=(b"from a thread",))
+        writer.start()
+        kit.block(writer.join, 5)
+        assert arrived.wait(5)
+
+
+def test_call_protocol_after_close_raises_client_closed(kit, server, no_leaks):
+    """If the client is closed, then call_protocol and wait_protocol raise ClientClosed and protocol is None."""
+    c = recording_client(kit, server.address, []).start()
+    c.wait_protocol(timeout=5)
+    c.close()
+    assert c.protocol is None
+    with pytest.raises(ClientClosed):
+        c.call_protocol(lambda p: None, timeout=1)
+    with pytest.raises(ClientClosed):
+        c.wait_protocol(timeout=1)
