@@ -1,6 +1,6 @@
 """Twisted's documented reconnecting client (``examples/twisted_protocol.py``)
-under Twisted's reactor and, once protocol mode exists, under rcf_sync: the
-same code must print the same sequence of events."""
+under Twisted's reactor and under rcf_sync's protocol mode: the same code
+must print the same sequence of events."""
 
 import pytest
 from documented_client_events import GreetServer, load_example, run_client

@@ -1,8 +1,7 @@
 """What Twisted does when ``buildProtocol`` returns ``None`` or raises, and
 when ``connectionMade`` raises: recorded under Twisted's reactor (in a
-subprocess: the reactor cannot be restarted) against a loopback server, so
-that protocol mode can be held to the same behaviour (the rcf_sync side is
-enabled once protocol mode exists)."""
+subprocess: the reactor cannot be restarted) against a loopback server, and
+rcf_sync's protocol mode held to the same behaviour."""
 
 import json
 import socket
