@@ -20,7 +20,7 @@ import socket
 
 from ._connection import Owner
 from ._driver import Driver, peer_address
-from ._errors import ConnectionDone, ConnectionLost, ProtocolModeError
+from ._errors import ConnectionDone, ConnectionLost, ConnectTimeout, ProtocolModeError
 from ._failure import as_failure
 from ._state import Event
 from ._steps import UserCall
@@ -84,7 +84,9 @@ class ProtocolMode:
         remaining = _remaining(deadline)
         if not done.wait(None if remaining is None else max(0.0, remaining)):
             self._user.abandon(call)
-            raise self._timed_out()
+            raise ConnectTimeout(
+                f"{self.name}: call_protocol({getattr(fn, '__name__', fn)!r}) did not finish in "
+                f"{timeout}s (it waits behind the protocol's callbacks)", self.destination)
         result, exc = outcome[0]
         if exc is not None:
             raise exc

@@ -489,3 +489,19 @@ def test_call_protocol_after_close_raises_client_closed(kit, server, no_leaks):
         c.call_protocol(lambda p: None, timeout=1)
     with pytest.raises(ClientClosed):
         c.wait_protocol(timeout=1)
+
+
+def test_call_protocol_times_out_behind_a_busy_callback(kit, server, no_leaks):
+    """If the protocol's callback is still running when the timeout ends, then call_protocol raises ConnectTimeout and its function never runs."""
+    entered, release = kit.event(), kit.event()
+    ran = []
+    with recording_client(kit, server.address, []) as c:
+        c.wait_protocol(timeout=5)
+        busy = kit.spawn(c.call_protocol, lambda p: (entered.set(), release.wait(10)))
+        assert entered.wait(5)
+        with pytest.raises(ConnectTimeout, match="did not finish"):
+            c.call_protocol(lambda p: ran.append(p), timeout=0.2)
+        release.set()
+        kit.join_all([busy], 5)
+        assert c.call_protocol(lambda p: "after") == "after"
+    assert ran == []
