@@ -466,9 +466,7 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
         if conn is not None:
             self._close_conn(conn)
         calls = [("stopTrying", ())] + [("doStop", ())] * ((pending is not None) + (conn is not None))
-        self._factory_calls(calls)
-        self._untrack_factory_clock()
-        self._connector._release(self)
+        self._factory_calls(calls, self._shutdown_done, always=True)
 
     def _forked(self):
         self._forked_locked_state()

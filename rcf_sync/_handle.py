@@ -21,6 +21,7 @@ loop context reads or writes it). Waiting is on events replaced at each
 change, against one monotonic deadline per call; nothing polls.
 """
 
+import functools
 import logging
 import numbers
 import time
@@ -55,11 +56,17 @@ _FACTORY_METHODS = ("clientConnectionFailed", "clientConnectionLost", "startedCo
                     "startFactory", "stopFactory", "buildProtocol")
 
 
-def _factory_is_ours(factory):
-    cls = type(factory)
-    return isinstance(factory, ReconnectingClientFactory) and all(
+@functools.lru_cache(maxsize=256)
+def _class_is_ours(cls):
+    return issubclass(cls, ReconnectingClientFactory) and all(
         getattr(cls, m, None) is getattr(ReconnectingClientFactory, m, None)
         for m in _FACTORY_METHODS)
+
+
+def _factory_is_ours(factory):
+    # A method set on the instance overrides ours as a subclass's would.
+    instance = getattr(factory, "__dict__", {})
+    return _class_is_ours(type(factory)) and not any(m in instance for m in _FACTORY_METHODS)
 
 
 class _Lease:
@@ -304,10 +311,12 @@ class Handle(RunsUserCode, ForkSafe):
         if started:
             wait = 5.0 if timeout is None else timeout
             deadline = time.monotonic() + wait
-            finished = self._on_loop(self._shutdown, timeout=wait)
+            finished = self._on_loop(self._shutdown, timeout=wait, urgent=True)
             # What the factory is told at close (a subclass's stopTrying and
-            # doStop) runs after user code still running for this handle.
-            if finished and not self._trusted:
+            # doStop) runs after user code still running for this handle. A
+            # greenlet running it would outlive close(); a worker thread is
+            # the backend's, and the last release lets it finish first.
+            if finished and not self._trusted and self._backend.name == "gevent":
                 finished = self._user.wait_drained(max(0.0, deadline - time.monotonic()))
             if not finished:
                 log.warning("%s: close() did not see the background finish within %.1fs",
@@ -436,6 +445,14 @@ class Handle(RunsUserCode, ForkSafe):
     def _track_factory_clock(self):
         self._factory_clock = _TrackingClock(self.clock)
         self.factory.clock = self._factory_clock
+
+    def _shutdown_done(self, _=None):
+        """Loop, after the factory calls queued at close (and any queued
+        before them, which may have scheduled a retry) have run: cancel what
+        the factory still has scheduled, give it its clock back, free the
+        connector."""
+        self._untrack_factory_clock()
+        self._connector._release(self)
 
     def _untrack_factory_clock(self):
         # The factory gets back the clock it had (None: it had none).
@@ -637,9 +654,11 @@ class Handle(RunsUserCode, ForkSafe):
         else:
             self._backend.call_soon(fn)
 
-    def _on_loop(self, fn, timeout=5.0):
+    def _on_loop(self, fn, timeout=5.0, urgent=False):
         """Run ``fn`` on the loop and wait (up to ``timeout``) until it ran.
-        Returns False if it had not run by then."""
+        Returns False if it had not run by then. ``urgent``: ahead of the
+        work already queued there (``close()`` must not wait behind a
+        thousand other clients' attempts)."""
         backend = self._backend
         if backend.in_loop():
             fn()
@@ -655,7 +674,10 @@ class Handle(RunsUserCode, ForkSafe):
             finally:
                 done.set()
 
-        backend.call_soon(run)
+        if urgent:
+            backend.call_first(run)
+        else:
+            backend.call_soon(run)
         finished = done.wait(timeout)
         if failure:
             raise failure[0]

@@ -294,9 +294,8 @@ class ReconnectingPool(Liveness, Handle):
             self._cancel_attempt(handle)
         for conn in conns:
             self._close_conn(conn)
-        self._factory_calls([("stopTrying", ())] + [("doStop", ())] * len(conns))
-        self._untrack_factory_clock()
-        self._connector._release(self)
+        self._factory_calls([("stopTrying", ())] + [("doStop", ())] * len(conns),
+                            self._shutdown_done, always=True)
 
     def _forked(self):
         self._forked_locked_state()

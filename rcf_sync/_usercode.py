@@ -13,11 +13,12 @@ log = logging.getLogger("rcf_sync")
 class RunsUserCode:
     """Mixin for handles."""
 
-    def _factory_calls(self, calls, then=None):
+    def _factory_calls(self, calls, then=None, always=False):
         """Loop: call the factory's methods ``calls`` ((name, args) pairs) in
         order, then ``then(result of the last)`` on the loop. Inline when the
         factory is ours; in the user-code queue otherwise. An exception
-        stops the handle (:meth:`_user_failed`)."""
+        stops the handle (:meth:`_user_failed`); with ``always``, ``then``
+        still runs (with None)."""
         factory = self.factory
         if self._trusted:  # ours: it cannot block, so no hand-off (the usual case)
             name = None
@@ -27,7 +28,9 @@ class RunsUserCode:
                     result = getattr(factory, name)(*args)
             except Exception as exc:
                 self._user_failed(f"{type(factory).__name__}.{name}()", exc)
-                return
+                if not always:
+                    return
+                result = None
             if then is not None:
                 then(result)
             return
@@ -43,7 +46,9 @@ class RunsUserCode:
         def done(result, exc):
             if exc is not None:
                 self._user_failed(f"{type(factory).__name__}.{where[0]}()", exc)
-            elif then is not None:
+                if not always:
+                    return
+            if then is not None:
                 then(result)
 
         self._user.run(run, (), done)

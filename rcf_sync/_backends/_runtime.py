@@ -53,6 +53,9 @@ WORKER_IDLE_TIMEOUT = 10.0
 READ, WRITE, IDLE = "readable", "writable", "idle"
 READ_WRITE = "readable or writable"  # a protocol's socket with bytes to send
 
+#: Callbacks the loop runs between two looks at its due timers.
+_TIMER_CHECK_EVERY = 32
+
 
 class _Poller:
     """One-shot readiness notifications."""
@@ -147,7 +150,7 @@ class Runtime:
         self._sleeping = False  # loop thread only (read racily by post())
         self.timers = TimerQueue(time.monotonic, on_earlier=self.wake)
         self.workers = WorkerPool(MAX_WORKERS, self.post, WORKER_IDLE_TIMEOUT,
-                                  MAX_WORKERS + MAX_ABANDONED)
+                                  MAX_WORKERS + MAX_ABANDONED, schedule=self._later)
         after_fork_in_child(self._reset_in_child, first=True)
 
     # -- lifetime -----------------------------------------------------------
@@ -158,6 +161,7 @@ class Runtime:
             self._users += 1
             self._ensure_running_locked()
             self._cond.notify_all()
+        self.workers.resume()
 
     def release(self, timeout: float = 5.0) -> None:
         """Uncount a user. After the last one, wait (up to ``timeout``) for
@@ -225,11 +229,15 @@ class Runtime:
 
     # -- from any thread ----------------------------------------------------
 
-    def post(self, fn: Callable[..., object], *args: Any) -> None:
-        """Run ``fn(*args)`` on the loop thread soon. Never blocks."""
+    def post(self, fn: Callable[..., object], *args: Any, first: bool = False) -> None:
+        """Run ``fn(*args)`` on the loop thread soon (``first``: before what
+        is queued already). Never blocks."""
         ready = self._ready
         was_empty = not ready
-        ready.append((fn, args))
+        if first:
+            ready.appendleft((fn, args))
+        else:
+            ready.append((fn, args))
         # The loop looks at the queue after it marks itself asleep, so only
         # the post that finds the queue empty has to wake it.
         if self._thread is None:
@@ -246,6 +254,9 @@ class Runtime:
             with self._cond:
                 self._ensure_running_locked()
         return call
+
+    def _later(self, delay: float, fn: Callable[[], None]) -> DelayedCall:
+        return self.schedule(time.monotonic() + delay, fn, (), {})
 
     def wake(self) -> None:
         w = self._wake_w
@@ -295,11 +306,12 @@ class Runtime:
         poller.arm(wake_r.fileno(), READ, self._drain_wakeups)
         timers, ready = self.timers, self._ready
         while True:
-            for _ in range(len(ready)):
+            for i in range(len(ready)):
                 fn, args = ready.popleft()
                 guard(fn, *args)
-            for call in timers.pop_due(time.monotonic()):
-                guard(call)
+                if i % _TIMER_CHECK_EVERY == _TIMER_CHECK_EVERY - 1:
+                    self._run_due()
+            self._run_due()
             with self._cond:
                 stop = self._users <= 0 and not ready and not len(timers)
                 if stop:
@@ -320,8 +332,16 @@ class Runtime:
                 callbacks = poller.poll(timeout)
             finally:
                 self._sleeping = False
-            for cb in callbacks:
+            for i, cb in enumerate(callbacks):
                 guard(cb)
+                if i % _TIMER_CHECK_EVERY == _TIMER_CHECK_EVERY - 1:
+                    self._run_due()
+
+    def _run_due(self) -> None:
+        # A burst of work (a thousand attempts) must not make every timer due
+        # meanwhile late by the whole burst: they run between its slices.
+        for call in self.timers.pop_due(time.monotonic()):
+            guard(call)
 
     def _stop_locked(self) -> None:
         for obj in (self._poller, self._wake_r, self._wake_w):
