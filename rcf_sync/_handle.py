@@ -35,6 +35,7 @@ from ._connectors import as_connector
 from ._errors import ClientClosed, ConnectionLost, ConnectTimeout, GaveUp, RCFError
 from ._factory import ReconnectingClientFactory
 from ._lease import LeaseQueue
+from ._reasons import loss_exception
 from ._state import State
 from ._stats import Stats
 from ._steps import Adopt, UserCall
@@ -113,11 +114,12 @@ class _Lease:
 class _Pending:
     """The handle's record of an attempt the backend is driving."""
 
-    __slots__ = ("attempt", "session", "cancelled")
+    __slots__ = ("attempt", "session", "protocol", "cancelled")
 
     def __init__(self):
         self.attempt = None     # the backend's attempt (loop only)
         self.session = None     # what on_connect returned
+        self.protocol = None    # what buildProtocol returned (protocol mode)
         self.cancelled = False  # under the handle's lock
 
 
@@ -498,8 +500,8 @@ class Handle(RunsUserCode, ForkSafe):
         return True
 
     def _loss_reason(self, exc):
-        return exc if isinstance(exc, RCFError) else ConnectionLost(
-            f"connection to {self.destination} lost: {exc}", self.destination, exc)
+        # The exception on_disconnect gets; the factory gets it as a Failure.
+        return loss_exception(exc, self.destination)
 
     def _close_conn(self, conn):
         """Loop: stop watching ``conn`` and close its socket."""

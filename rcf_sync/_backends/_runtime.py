@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .._timers import DelayedCall
     from ._thread import ThreadClock, _Arming
 
-__all__ = ["Runtime", "READ", "WRITE", "IDLE", "MAX_WORKERS"]
+__all__ = ["Runtime", "READ", "WRITE", "READ_WRITE", "IDLE", "MAX_WORKERS"]
 
 
 #: Worker threads busy at once (name lookups, user code); idle ones exit.
@@ -51,6 +51,7 @@ MAX_ABANDONED = 48
 WORKER_IDLE_TIMEOUT = 10.0
 
 READ, WRITE, IDLE = "readable", "writable", "idle"
+READ_WRITE = "readable or writable"  # a protocol's socket with bytes to send
 
 #: Callbacks the loop runs between two looks at its due timers.
 _TIMER_CHECK_EVERY = 32
@@ -69,6 +70,7 @@ class _Poller:
             self._masks = {
                 READ: select.EPOLLIN | one,
                 WRITE: select.EPOLLOUT | one,
+                READ_WRITE: select.EPOLLIN | select.EPOLLOUT | one,
                 # Bytes nobody asked for, a FIN or an RST on an idle connection.
                 IDLE: select.EPOLLIN | getattr(select, "EPOLLRDHUP", 0x2000) | one,
             }
@@ -76,6 +78,7 @@ class _Poller:
             self._epoll = None
             self._selector = selectors.DefaultSelector()
             self._masks = {READ: selectors.EVENT_READ, WRITE: selectors.EVENT_WRITE,
+                           READ_WRITE: selectors.EVENT_READ | selectors.EVENT_WRITE,
                            IDLE: selectors.EVENT_READ}
 
     def arm(self, fd: int, kind: str, callback: Callable[[], None]) -> None:
