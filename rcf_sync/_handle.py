@@ -77,9 +77,14 @@ def _ours_to_run(factory):
     that run only our code (a method set on the instance overrides ours as a
     subclass's would). ``buildProtocol`` always builds user code."""
     instance = getattr(factory, "__dict__", {})
-    overridden = _overridden_in_class(type(factory)) | {m for m in _FACTORY_METHODS
-                                                        if m in instance}
-    overridden |= {"protocol"}
+    extra = frozenset(m for m in _FACTORY_METHODS if m in instance)
+    return _ours_given(_overridden_in_class(type(factory)) | extra)
+
+
+@functools.lru_cache(maxsize=256)
+def _ours_given(overridden):
+    # Shared by every factory of a class: a client holds no set of its own.
+    overridden = overridden | {"protocol"}
     return frozenset(name for name, uses in _FACTORY_CALLS.items()
                      if not overridden.intersection(uses))
 
