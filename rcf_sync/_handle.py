@@ -132,13 +132,7 @@ class Handle(RunsUserCode, ForkSafe):
     """Base of :class:`~rcf_sync.ReconnectingClient` and
     :class:`~rcf_sync.ReconnectingPool` (not public)."""
 
-    __slots__ = (
-        "__weakref__", "_backend", "_caller_thread", "_changed", "_closed", "_connector",
-        "_factory_clock", "_failures", "_halted", "_keeps_idle", "_leases", "_lock", "_lost_on",
-        "_on_connect", "_on_connect_timeout", "_on_disconnect", "_ours", "_pauses", "_revive",
-        "_saved_clock", "_serial", "_stamp_use", "_state", "_stats", "_stop_reason",
-        "_thread_ident", "_trusted", "_user", "_waiters", "_waiting_seen", "clock", "factory",
-        "name")
+    __slots__ = ()
 
     def __init__(self, connector, factory, backend, clock, on_connect, on_disconnect, name,
                  on_connect_timeout, lost_on=()):
