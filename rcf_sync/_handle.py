@@ -49,24 +49,39 @@ log = logging.getLogger("rcf_sync")
 
 _DEFAULT_HOOK_TIMEOUT = 30.0
 
-# Factory methods a subclass may override: when none is, the factory is ours
-# and runs inline on the loop.
-_FACTORY_METHODS = ("clientConnectionFailed", "clientConnectionLost", "startedConnecting",
-                    "retry", "resetDelay", "stopTrying", "doStart", "doStop",
-                    "startFactory", "stopFactory", "buildProtocol")
+# The factory methods the client calls, each with what it calls in turn: a
+# method is ours to run inline only if none of these is overridden.
+_FACTORY_CALLS = {
+    "clientConnectionFailed": ("clientConnectionFailed", "retry"),
+    "clientConnectionLost": ("clientConnectionLost", "retry"),
+    "startedConnecting": ("startedConnecting",),
+    "resetDelay": ("resetDelay",),
+    "stopTrying": ("stopTrying",),
+    "doStart": ("doStart", "startFactory"),
+    "doStop": ("doStop", "stopFactory"),
+    "buildProtocol": ("buildProtocol", "protocol"),  # builds the user's protocol
+}
+_FACTORY_METHODS = tuple(sorted({m for ms in _FACTORY_CALLS.values() for m in ms}))
 
 
 @functools.lru_cache(maxsize=256)
-def _class_is_ours(cls):
-    return issubclass(cls, ReconnectingClientFactory) and all(
-        getattr(cls, m, None) is getattr(ReconnectingClientFactory, m, None)
-        for m in _FACTORY_METHODS)
+def _overridden_in_class(cls):
+    if not issubclass(cls, ReconnectingClientFactory):
+        return frozenset(_FACTORY_METHODS)
+    return frozenset(m for m in _FACTORY_METHODS
+                     if getattr(cls, m, None) is not getattr(ReconnectingClientFactory, m, None))
 
 
-def _factory_is_ours(factory):
-    # A method set on the instance overrides ours as a subclass's would.
+def _ours_to_run(factory):
+    """The factory methods the client may call inline on the loop: those
+    that run only our code (a method set on the instance overrides ours as a
+    subclass's would). ``buildProtocol`` always builds user code."""
     instance = getattr(factory, "__dict__", {})
-    return _class_is_ours(type(factory)) and not any(m in instance for m in _FACTORY_METHODS)
+    overridden = _overridden_in_class(type(factory)) | {m for m in _FACTORY_METHODS
+                                                        if m in instance}
+    overridden |= {"protocol"}
+    return frozenset(name for name, uses in _FACTORY_CALLS.items()
+                     if not overridden.intersection(uses))
 
 
 class _Lease:
@@ -145,7 +160,8 @@ class Handle(RunsUserCode, ForkSafe):
         self._caller_thread = self._backend.caller_thread  # None: any thread
         self._thread_ident = getattr(self._backend, "thread_ident", None)
         self._pauses = self._backend.name == "gevent"  # its idle watch stops during leases
-        self._trusted = _factory_is_ours(factory)
+        self._ours = _ours_to_run(factory)  # factory methods safe to run inline
+        self._trusted = len(self._ours) == len(_FACTORY_CALLS) - 1  # all but buildProtocol
         self._user = UserCode(self._backend)
         self._factory_clock = None   # loop: the _TrackingClock while running
         self._saved_clock = factory_clock
