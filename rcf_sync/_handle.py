@@ -77,9 +77,14 @@ def _ours_to_run(factory):
     that run only our code (a method set on the instance overrides ours as a
     subclass's would). ``buildProtocol`` always builds user code."""
     instance = getattr(factory, "__dict__", {})
-    overridden = _overridden_in_class(type(factory)) | {m for m in _FACTORY_METHODS
-                                                        if m in instance}
-    overridden |= {"protocol"}
+    extra = frozenset(m for m in _FACTORY_METHODS if m in instance)
+    return _ours_given(_overridden_in_class(type(factory)) | extra)
+
+
+@functools.lru_cache(maxsize=256)
+def _ours_given(overridden):
+    # Shared by every factory of a class: a client holds no set of its own.
+    overridden = overridden | {"protocol"}
     return frozenset(name for name, uses in _FACTORY_CALLS.items()
                      if not overridden.intersection(uses))
 
@@ -126,6 +131,14 @@ class _Pending:
 class Handle(RunsUserCode, ForkSafe):
     """Base of :class:`~rcf_sync.ReconnectingClient` and
     :class:`~rcf_sync.ReconnectingPool` (not public)."""
+
+    __slots__ = (
+        "__weakref__", "_backend", "_caller_thread", "_changed", "_closed", "_connector",
+        "_factory_clock", "_failures", "_halted", "_keeps_idle", "_leases", "_lock", "_lost_on",
+        "_on_connect", "_on_connect_timeout", "_on_disconnect", "_ours", "_pauses", "_revive",
+        "_saved_clock", "_serial", "_stamp_use", "_state", "_stats", "_stop_reason",
+        "_thread_ident", "_trusted", "_user", "_waiters", "_waiting_seen", "clock", "factory",
+        "name")
 
     def __init__(self, connector, factory, backend, clock, on_connect, on_disconnect, name,
                  on_connect_timeout, lost_on=()):

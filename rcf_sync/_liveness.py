@@ -27,6 +27,8 @@ __all__ = ["Liveness"]
 class Liveness:
     """Mixin for handles (uses the handle's lock, backend and losses)."""
 
+    __slots__ = ()
+
     def _watch(self, conn):
         """Loop: start the idle watch of a new connection."""
         conn.watch = self._backend.watch_idle(conn.sock, lambda: self._idle_event(conn))

@@ -13,6 +13,8 @@ log = logging.getLogger("rcf_sync")
 class RunsUserCode:
     """Mixin for handles."""
 
+    __slots__ = ()
+
     def _factory_calls(self, calls, then=None, always=False):
         """Loop: call the factory's methods ``calls`` ((name, args) pairs) in
         order, then ``then(result of the last)`` on the loop. Inline when the
