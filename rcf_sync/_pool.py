@@ -44,9 +44,8 @@ class ReconnectingPool(Liveness, Handle):
     ``ValueError``; drive a protocol with a ``ReconnectingClient``.
     """
 
-    __slots__ = (
-        "_attempts", "_backoff", "_conns", "_heartbeat", "_heartbeat_interval", "_idle", "_probe",
-        "_probes", "_stopped", "size")
+    __slots__ = ("_attempts", "_backoff", "_conns", "_idle", "_probe", "_probes", "_stopped",
+                 "size")
 
     def __init__(self, connector, size, factory=None, backend="auto", clock=None,
                  on_connect=None, on_disconnect=None, name=None, *,
