@@ -12,7 +12,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from ._connection import Connection, Owner
+from ._connection import IDLE, LEASED, Connection, Owner
 from ._errors import GaveUp
 from ._factory import uses_protocol
 from ._failure import as_failure
@@ -263,7 +263,8 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
             # Seen at once by whoever called connect() (a clock being advanced).
             if self._state in (State.WAITING, State.STOPPED) and self._conn is None:
                 self._set_state(Event.ATTEMPT)
-        self._backend.call_soon(self._attempt_now)
+        # A retry firing on the loop starts its attempt at once, not a turn later.
+        self._soon_on_loop(self._attempt_now)
 
     def _connector_stop_connecting(self, connector: object) -> bool:
         with self._lock:
@@ -504,8 +505,8 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
 
     def _take_locked(self) -> Connection | None:
         conn = self._conn
-        if conn is not None and conn.owner is Owner.IDLE:
-            conn.owner = Owner.LEASED
+        if conn is not None and conn.owner is IDLE:
+            conn.owner = LEASED
             return conn
         return None
 

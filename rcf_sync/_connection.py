@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 from ._backends._base import idle_status, original
 from ._reasons import peer_closed
 
-__all__ = ["Owner", "Connection", "lease_check", "stream_check"]
+__all__ = ["Owner", "IDLE", "LEASED", "LOOP", "DEAD", "Connection", "lease_check", "stream_check"]
 
 
 class Owner(enum.Enum):
@@ -44,6 +44,11 @@ class Owner(enum.Enum):
     LEASED = "leased"
     LOOP = "loop"
     DEAD = "dead"
+
+
+# The hot paths compare against these module constants: an attribute of an
+# Enum class costs a descriptor call each time.
+IDLE, LEASED, LOOP, DEAD = Owner.IDLE, Owner.LEASED, Owner.LOOP, Owner.DEAD
 
 
 _POLLRDHUP = getattr(select, "POLLRDHUP", 0)

@@ -263,8 +263,12 @@ class _SocketConnector(Connector):
         raise NotImplementedError
 
     def _prepare(self, sock: socket.socket, family: int) -> None:
+        """Before the connect: the caller's own socket options."""
         for level, option, value in self._socket_options:
             sock.setsockopt(level, option, value)
+
+    def _established(self, sock: socket.socket, family: int) -> None:
+        """Once connected (before TLS): our options for the connection."""
 
     def _attempt(self) -> Attempt:
         addresses = yield from self._addresses()
@@ -284,6 +288,7 @@ class _SocketConnector(Connector):
                     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
                     raise OSError(err, f"{os.strerror(err)} ({self.describe()})")
+                self._established(sock, family)
             except OSError as exc:
                 sock.close()
                 last_error = exc
@@ -367,7 +372,9 @@ class TCPConnector(_SocketConnector):
         infos = yield Resolve(self.host, self.port)
         return [(af, st, proto, sa) for af, st, proto, _, sa in infos]
 
-    def _prepare(self, sock: socket.socket, family: int) -> None:
+    def _established(self, sock: socket.socket, family: int) -> None:
+        # After the connect, not before: a refused attempt costs no system
+        # call for options it would never use.
         if family in _INET_FAMILIES:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.keepalive:
@@ -379,6 +386,8 @@ class TCPConnector(_SocketConnector):
                         and hasattr(socket, "TCP_KEEPALIVE"):
                     # macOS names the idle time TCP_KEEPALIVE.
                     sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPALIVE"), self._keepalive[0])  # noqa: B009 (macOS only)
+
+    def _prepare(self, sock: socket.socket, family: int) -> None:
         super()._prepare(sock, family)
         if self.source_address is not None:
             sock.bind(self.source_address)

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from ._backends import get_backend
 from ._callbacks import UserCode
-from ._connection import Connection, Owner, lease_check
+from ._connection import IDLE, LEASED, Connection, Owner, lease_check
 from ._connectors import as_connector
 from ._errors import ClientClosed, ConnectionLost, ConnectTimeout, GaveUp, RCFError
 from ._factory import ReconnectingClientFactory
@@ -99,9 +99,13 @@ def _ours_to_run(factory: object) -> frozenset[str]:
     """The factory methods the client may call inline on the loop: those
     that run only our code (a method set on the instance overrides ours as a
     subclass's would). ``buildProtocol`` always builds user code."""
-    instance = getattr(factory, "__dict__", {})
-    extra = frozenset(m for m in _FACTORY_METHODS if m in instance)
-    return _ours_given(_overridden_in_class(type(factory)) | extra)
+    cls = type(factory)
+    # getattr, not factory.__dict__: reading __dict__ would make every
+    # factory hold a real dictionary of its attributes.
+    extra = frozenset(m for m in _FACTORY_METHODS
+                      if getattr(getattr(factory, m, None), "__func__", None)
+                      is not getattr(cls, m, None) and callable(getattr(cls, m, None)))
+    return _ours_given(_overridden_in_class(cls) | extra)
 
 
 @functools.lru_cache(maxsize=256)
@@ -571,7 +575,10 @@ class Handle(RunsUserCode, ForkSafe):
         if self._caller_thread is not None or self._revive:
             self._enter()
         while True:
-            conn = self._lease_one(deadline)
+            with self._lock:  # the usual case: a free connection, one lock block
+                conn = None if self._leases.tickets else self._take_locked()
+            if conn is None:
+                conn = self._lease_one(deadline)
             if stream:
                 conn.stream = True
             problem = lease_check(conn)
@@ -587,10 +594,6 @@ class Handle(RunsUserCode, ForkSafe):
     def _lease_one(self, deadline: float | None) -> Connection:
         # Fair: a newcomer takes a free connection only when nobody is queued;
         # queued callers are handed connections in order (_release).
-        with self._lock:
-            conn = None if self._leases.tickets else self._take_locked()
-        if conn is not None:  # the usual case: no wait, one lock block
-            return conn
         ticket = None
         try:
             while True:
@@ -651,18 +654,18 @@ class Handle(RunsUserCode, ForkSafe):
             ticket = None
             with self._lock:
                 doomed = conn.doomed
-                if doomed is None and conn.owner is Owner.LEASED:
+                if doomed is None and conn.owner is LEASED:
                     if self._leases.tickets:
                         ticket = self._leases.hand(conn)  # stays LEASED, for its new holder
                     if ticket is None:
-                        conn.owner = Owner.IDLE
+                        conn.owner = IDLE
                         if self._keeps_idle:
                             self._returned_locked(conn)
             if doomed is not None:
                 self._mark_lost(conn, doomed, wait=True)
             elif ticket is not None:
                 ticket.event.set()
-            elif conn.owner is Owner.IDLE and conn.watch is not None:
+            elif conn.owner is IDLE and conn.watch is not None:
                 conn.watch.released()
             return False
         self._mark_lost(conn, exc, wait=True)

@@ -19,7 +19,7 @@ import numbers
 import socket
 from typing import TYPE_CHECKING, Any, Callable
 
-from ._connection import Connection, Owner
+from ._connection import IDLE, LEASED, Connection, Owner
 from ._factory import uses_protocol
 from ._failure import as_failure
 from ._fork import live as _live
@@ -135,8 +135,8 @@ class ReconnectingPool(Liveness, Handle):
         idle = self._idle
         while idle:
             conn = idle.pop()  # the most recently used: least likely to be stale
-            if conn.owner is Owner.IDLE:
-                conn.owner = Owner.LEASED
+            if conn.owner is IDLE:
+                conn.owner = LEASED
                 return conn
         return None
 

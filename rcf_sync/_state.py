@@ -31,6 +31,9 @@ class State(enum.Enum):
     #: ``close()`` was called; final.
     CLOSED = "closed"
 
+    # Members are singletons: hash them by identity, in C, not by name.
+    __hash__ = object.__hash__
+
 
 class Event(enum.Enum):
     """What happened to a client (input of :func:`transition`)."""
@@ -43,6 +46,8 @@ class Event(enum.Enum):
     GAVE_UP = "gave up"      # the factory will schedule nothing more
     HALT = "halt"            # user code raised: stop until reconnect_now()
     CLOSE = "close"
+
+    __hash__ = object.__hash__
 
 
 S, E = State, Event

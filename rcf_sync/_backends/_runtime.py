@@ -62,6 +62,7 @@ class _Poller:
 
     def __init__(self) -> None:
         self._callbacks: dict[int, Callable[[], None]] = {}
+        self._registered: set[int] = set()  # fds known to the epoll instance
         self._epoll: Any
         self._selector: Any
         if hasattr(select, "epoll"):
@@ -85,10 +86,17 @@ class _Poller:
         self._callbacks[fd] = callback
         mask = self._masks[kind]
         if self._epoll is not None:
+            if fd in self._registered:  # a one-shot that fired: re-arm
+                try:
+                    self._epoll.modify(fd, mask)
+                    return
+                except FileNotFoundError:  # its socket was closed, the number reused
+                    pass
             try:
                 self._epoll.register(fd, mask)
-            except FileExistsError:
+            except FileExistsError:  # registered by a socket we saw no close of
                 self._epoll.modify(fd, mask)
+            self._registered.add(fd)
         else:  # pragma: no cover
             try:
                 self._selector.modify(fd, mask)
@@ -97,6 +105,7 @@ class _Poller:
 
     def forget(self, fd: int) -> None:
         self._callbacks.pop(fd, None)
+        self._registered.discard(fd)
         if self._epoll is not None:
             try:
                 self._epoll.unregister(fd)
@@ -336,6 +345,8 @@ class Runtime:
                 guard(cb)
                 if i % _TIMER_CHECK_EVERY == _TIMER_CHECK_EVERY - 1:
                     self._run_due()
+            # Not kept while the loop sleeps: they hold finished attempts.
+            callbacks = cb = None  # type: ignore[assignment]
 
     def _run_due(self) -> None:
         # A burst of work (a thousand attempts) must not make every timer due
