@@ -17,7 +17,9 @@ Part 1, no I/O (thread backend, caller CPU ``time.thread_time()`` and wall
   *flattened* lease: the same work on the usual path (one lock block to
   take, the check, ``gettimeout()``, one lock block to give back, the idle
   watch) written as one context manager with no method layers, to show what
-  the layers cost.
+  the layers cost; and a model (not the library) where the exclusive use of
+  the connection is a lock of its own, taken without blocking at lease and
+  released at its end, with the gated check.
 
 Part 2, a 64-byte echo round trip against the select echo server of
 ``_common.py`` (another process): a raw blocking socket, ``client.call()``,
@@ -140,6 +142,47 @@ def flattened_lease(client):
     return Flat
 
 
+def ownership_lock_lease(client, window):
+    """A model (not the library): the exclusive use of a connection as a lock
+    of its own, taken without blocking by the lease and given back at its
+    end; the check gated on the release time. What a lease costs when the
+    usual path is one non-blocking acquire and one release."""
+    conn = client._conn
+    held = threading.Lock()
+    stamp = [time.monotonic()]
+    leases = client._leases
+    real_check = __import__("rcf_sync._connection", fromlist=["lease_check"]).lease_check
+
+    class OwnLease:
+        __slots__ = ("_conn",)
+
+        def __enter__(self, _mono=time.monotonic):
+            c = conn
+            if not held.acquire(False):
+                raise RuntimeError("slow path not modelled")
+            if c.doomed is not None or leases:
+                held.release()
+                raise RuntimeError("slow path not modelled")
+            if _mono() - stamp[0] >= window and real_check(c) is not None:
+                held.release()
+                raise RuntimeError("slow path not modelled")
+            self._conn = c
+            return c.session
+
+        def __exit__(self, exc_type, exc, tb, _mono=time.monotonic):
+            c = self._conn
+            if exc_type is None and c.sock.gettimeout() is None:
+                stamp[0] = _mono()
+                held.release()
+                if leases:
+                    raise RuntimeError("slow path not modelled")
+                return False
+            held.release()
+            return False
+
+    return OwnLease
+
+
 def part1(client, blocks, n, window):
     from rcf_sync import _handle
     from rcf_sync._backends import _thread
@@ -152,6 +195,7 @@ def part1(client, blocks, n, window):
     real_check = _handle.lease_check
     real_released = _thread._IdleWatch.released
     Flat = flattened_lease(client)
+    OwnLease = ownership_lock_lease(client, window)
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
 
@@ -232,6 +276,11 @@ def part1(client, blocks, n, window):
             with Flat():
                 pass
 
+    def own(n):
+        for _ in range(n):
+            with OwnLease():
+                pass
+
     def poll0(n):
         p = poller.poll
         for _ in range(n):
@@ -268,6 +317,7 @@ def part1(client, blocks, n, window):
         ("lease, idle watch released() a no-op", with_patch(lease, released_off, released_back)),
         ("lease flattened (same work, no layers)", flat),
         ("lease flattened, check a no-op", with_patch(flat, check_off, check_back)),
+        (f"model: ownership lock per connection, check gated at {window * 1e3:g} ms", own),
         ("poll.poll(0) alone", poll0),
         ("lease_check(conn) alone", lease_check_only),
         ("sock.gettimeout() alone", gettimeout),
@@ -284,7 +334,7 @@ def part1(client, blocks, n, window):
         wall, cpu = med[name]
         net = cpu - base
         ratio = ""
-        if name.startswith(("with client.connection", "lease")) and "alone" not in name:
+        if name.startswith(("with client.connection", "lease", "model")) and "alone" not in name:
             ratio = f"{net / floor:.2f}x"
         elif name.startswith(("client.call", "call")):
             ratio = f"{net / floor:.2f}x / {net / floor_call:.2f}x"
