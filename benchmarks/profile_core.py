@@ -15,6 +15,9 @@ loopback only and prints its own report:
   (the policy of ``timers.py``: ``initialDelay=0.02, jitter=0,
   maxDelay=0.05``), cProfile of the loop thread for a fixed period, per
   attempt and by function;
+* ``pieces``: the pieces those profiles point at, each timed alone (state
+  transition, disabled logging, the factory-call wrapper, epoll re-arming,
+  keepalive options, the numeric lookup, a timer armed and cancelled);
 * ``--py-spy``: also sample the connect and herd children with py-spy (if it
   is installed), top functions by own samples.
 
@@ -229,7 +232,7 @@ def child_connect(args):
     n = args.n
     print(f"## connect-all, {args.backend} backend, N={n}\n")
 
-    def connect_all(profile_loop=None, profile_caller=None):
+    def connect_all(profile_loop=None, profile_caller=None, reverse=False):
         clients = [ReconnectingClient(address, factory=ReconnectingClientFactory(initialDelay=0.05),
                                       backend=args.backend) for _ in range(n)]
         if profile_loop is not None:
@@ -245,7 +248,7 @@ def child_connect(args):
             profile_caller.disable()
         started = time.perf_counter() - w0
         caller_cpu = time.thread_time() - c0
-        for c in clients:
+        for c in (reversed(clients) if reverse else clients):
             c.wait_connected(timeout=60)
         wall = time.perf_counter() - w0
         lt1 = on_loop(time.thread_time) if args.backend == "thread" else None
@@ -263,6 +266,13 @@ def child_connect(args):
           f" ms; caller CPU {C.median([p[2] for p in plain]) / n * 1e6:.1f} us per client"
           + (f"; loop thread CPU {loop_cpu / n * 1e6:.1f} us per attempt" if loop_cpu else "")
           + "\n")
+    rev = [connect_all(reverse=True) for _ in range(3)]
+    rwall = C.median([p[0] for p in rev])
+    print(f"waiting on the clients in reverse order (the caller sleeps until the last one is "
+          f"connected, so it is woken about once instead of once per client): connect-all "
+          f"{rwall * 1e3:.1f} ms = {rwall / n * 1e6:.1f} us per client ({rwall / wall:.2f}x)"
+          + (f"; loop thread CPU {C.median([p[3] for p in rev]) / n * 1e6:.1f} us per attempt"
+             if loop_cpu else "") + "\n")
     if args.backend == "thread":
         prof = cProfile.Profile(time.thread_time)
         connect_all(profile_loop=prof)
@@ -346,6 +356,147 @@ def child_herd(args):
     C.emit({"ok": True})
 
 
+# -- pieces of an attempt, timed alone ------------------------------------------------------
+
+def child_pieces(args):
+    """ns per call of the pieces the profiles point at, each timed alone."""
+    import logging
+    import select
+    import socket
+
+    from rcf_sync import ReconnectingClient, ReconnectingClientFactory
+    from rcf_sync._state import Event, State, transition
+
+    n = 20000
+
+    def timed(fn, count=n):
+        fn(max(10, count // 10))
+        vals = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            fn(count)
+            vals.append((time.perf_counter() - t0) / count * 1e9)
+        return C.median(vals)
+
+    rows = []
+
+    def add(name, fn, count=n):
+        rows.append([name, f"{timed(fn, count):.0f}"])
+
+    def empty(k):
+        for _ in range(k):
+            pass
+
+    add("empty loop", empty)
+
+    def trans(k):
+        for _ in range(k):
+            transition(State.CONNECTING, Event.FAILED)
+
+    add("_state.transition(CONNECTING, FAILED) (tuple-of-Enum dict key)", trans)
+    table = {(id(a), id(b)): 1 for a in State for b in Event}
+
+    def trans_id(k, a=State.CONNECTING, b=Event.FAILED):
+        for _ in range(k):
+            table[id(a), id(b)]
+
+    add("same lookup keyed by identity (for comparison)", trans_id)
+    log = logging.getLogger("rcf_sync")
+
+    def info(k):
+        for _ in range(k):
+            log.info("%s will retry in %d seconds", "x", 1)
+
+    add("log.info() with INFO disabled (3 per attempt with noisy=True)", info)
+    f = ReconnectingClientFactory()
+    c = ReconnectingClient(("127.0.0.1", 9), factory=f, backend="thread")
+
+    def fcalls(k):
+        for _ in range(k):
+            c._factory_calls([("doStart", ()), ("startedConnecting", (None,))], None)
+            f.doStop()
+
+    def direct(k):
+        for _ in range(k):
+            f.doStart()
+            f.startedConnecting(None)
+            f.doStop()
+
+    add("_factory_calls([doStart, startedConnecting]) + doStop", fcalls)
+    add("the same three methods called directly", direct)
+    a, b = socket.socketpair()
+    ep = select.epoll()
+    ep.register(a.fileno(), select.EPOLLIN | select.EPOLLONESHOT)
+
+    def rereg(k, fd=a.fileno()):
+        for _ in range(k):
+            try:
+                ep.register(fd, select.EPOLLOUT | select.EPOLLONESHOT)
+            except FileExistsError:
+                ep.modify(fd, select.EPOLLIN | select.EPOLLONESHOT)
+
+    def modify(k, fd=a.fileno()):
+        for _ in range(k):
+            ep.modify(fd, select.EPOLLIN | select.EPOLLONESHOT)
+
+    add("epoll re-arm as _Poller.arm does it (register, FileExistsError, modify)", rereg)
+    add("epoll modify alone", modify)
+
+    def sockopts(k, s=a):
+        for _ in range(k):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 5)
+
+    def setblocking(k, s=a):
+        for _ in range(k):
+            s.setblocking(False)
+            s.setblocking(True)
+
+    add("4 keepalive setsockopt() (every attempt, refused ones too)", sockopts)
+    add("setblocking(False) + setblocking(True)", setblocking)
+
+    def gai_str(k):
+        for _ in range(k):
+            socket.getaddrinfo("127.0.0.1", 80, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+
+    def gai_bytes(k):
+        for _ in range(k):
+            socket.getaddrinfo(b"127.0.0.1", 80, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+
+    def pton(k):
+        for _ in range(k):
+            socket.inet_pton(socket.AF_INET, "127.0.0.1")
+
+    add("getaddrinfo('127.0.0.1', AI_NUMERICHOST) (once per client: idna codec)", gai_str, 5000)
+    add("the same with a bytes host (no idna)", gai_bytes, 5000)
+    add("inet_pton(AF_INET, '127.0.0.1')", pton)
+
+    def sock_cycle(k):
+        for _ in range(k):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.close()
+
+    add("socket() + close()", sock_cycle, 5000)
+    from rcf_sync._backends._thread import get_runtime
+
+    rt = get_runtime()
+
+    def sched_cancel(k):
+        for _ in range(k):
+            rt.clock.callLater(30, empty, 0).cancel()
+
+    add("ThreadClock.callLater(30, ...) + cancel() (the attempt deadline)", sched_cancel, 5000)
+    rt.timers.clear()
+    ep.close()
+    a.close()
+    b.close()
+    print("## pieces of an attempt, each timed alone (wall ns per call, median of 5)\n")
+    print(C.table(["piece", "ns"], rows))
+    C.emit({"ok": True})
+
+
 # -- parent --------------------------------------------------------------------------------
 
 def run(what, backend, n, duration, repeat=0, spy=False):
@@ -419,7 +570,7 @@ def main():
     p.add_argument("--quick", action="store_true")
     p.add_argument("-n", type=int)
     p.add_argument("--duration", type=float)
-    p.add_argument("--parts", default="memory,connect,herd")
+    p.add_argument("--parts", default="memory,connect,herd,pieces")
     p.add_argument("--backends", default="thread,gevent")
     p.add_argument("--py-spy", action="store_true", dest="spy")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -432,14 +583,15 @@ def main():
         C.raise_nofile()
         args.n = args.n or 1000
         args.duration = args.duration or 3.0
-        return {"memory": child_memory, "connect": child_connect, "herd": child_herd}[args.child](args)
+        return {"memory": child_memory, "connect": child_connect, "herd": child_herd,
+                "pieces": child_pieces}[args.child](args)
     n = max(1, min(args.n or (300 if args.quick else 1000), 10000))
     duration = max(0.5, min(args.duration or (1.0 if args.quick else 3.0), 30.0))
     C.watchdog(1800)
     C.raise_nofile()
     C.print_header("Profiles: connect-all memory and time, the herd's attempts")
     for part in args.parts.split(","):
-        for backend in args.backends.split(","):
+        for backend in (["thread"] if part == "pieces" else args.backends.split(",")):
             run(part, backend, n, duration,
                 repeat=(6 if part == "connect" else 5) if args.spy and backend == "thread" else 0,
                 spy=args.spy and backend == "thread" and part in ("connect", "herd"))

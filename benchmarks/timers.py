@@ -97,6 +97,7 @@ def child_rcf_own(args):
     cpu = (time.process_time() - c0) / (time.perf_counter() - w0) * 100
     attempts = sum(c.stats.connect_failures for c in clients)
     # What close() lets through afterwards is not part of the run.
+    # (The recording clocks hold the inner lists, so these copies stay put.)
     due, ran = [list(x) for x in due], [list(x) for x in ran]
     t_close = time.perf_counter()
     for c in clients:
@@ -154,15 +155,16 @@ def child_rcf(args):
     cpu = (time.process_time() - c0) / (time.perf_counter() - w0) * 100
     attempts = sum(c.stats.connect_failures for c in clients)
     # What close() lets through afterwards is not part of the run.
-    due, ran, began = ([list(x) for x in due], [list(x) for x in ran],
-                       [list(x) for x in began])
+    # (New names: the recording methods above append through these names.)
+    due_run, ran_run, began_run = ([list(x) for x in due], [list(x) for x in ran],
+                                   [list(x) for x in began])
     t_close = time.perf_counter()
     for c in clients:
         c.close()
     close_s = time.perf_counter() - t_close
     # began[k][0] is the first attempt (start()); later ones follow retries.
-    C.emit({"connect_ms": lateness(due, ran),
-            "begin_ms": lateness(due, [b[1:] for b in began]),
+    C.emit({"connect_ms": lateness(due_run, ran_run),
+            "begin_ms": lateness(due_run, [b[1:] for b in began_run]),
             "cpu_pct": cpu, "duration": args.duration, "attempts": attempts,
             "close_s": close_s})
 
