@@ -13,8 +13,17 @@ it stops holding the queue, later calls go ahead, and what it returns is
 discarded (a socket is closed).
 """
 
+from __future__ import annotations
+
 import collections
 import socket
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from ._backends._seam import Abandonable, Backend, Event
+
+#: ``then(result, exc)``, run on the loop after the call.
+Then = Callable[[Any, "BaseException | None"], None]
 
 __all__ = ["UserCode"]
 
@@ -22,9 +31,10 @@ __all__ = ["UserCode"]
 class _Call:
     __slots__ = ("fn", "args", "then", "threaded", "job", "abandoned")
 
-    def __init__(self, fn, args, then, threaded):
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], then: Then | None,
+                 threaded: bool) -> None:
         self.fn, self.args, self.then, self.threaded = fn, args, then, threaded
-        self.job = None         # the backend's handle on it while it runs
+        self.job: Abandonable | None = None  # the backend's handle on it while it runs
         self.abandoned = False
 
 
@@ -33,32 +43,35 @@ class UserCode:
 
     __slots__ = ("_backend", "_lock", "_queue", "_running", "_drained")
 
-    def __init__(self, backend):
+    def __init__(self, backend: Backend) -> None:
         self._backend = backend
         self._lock = backend.lock()         # guards the three fields below
-        self._queue = collections.deque()   # calls waiting their turn
-        self._running = None                # the call running now, or None
-        self._drained = None                # event for wait_drained(), made on demand
+        self._queue: collections.deque[_Call] | None = None  # calls waiting their turn
+        self._running: _Call | None = None  # the call running now
+        self._drained: Event | None = None  # event for wait_drained(), made on demand
 
-    def run(self, fn, args=(), then=None, threaded=False):
+    def run(self, fn: Callable[..., Any], args: tuple[Any, ...] = (), then: Then | None = None,
+            threaded: bool = False) -> _Call:
         """Queue ``fn(*args)``; when it returns (or raises), ``then(result,
         exc)`` runs on the loop. ``threaded``: see ``_steps.UserCall``.
         Returns a handle for :meth:`abandon`. Never blocks."""
         call = _Call(fn, args, then, threaded)
         with self._lock:
             if self._running is not None:
+                if self._queue is None:
+                    self._queue = collections.deque()
                 self._queue.append(call)
                 return call
             self._running = call
         self._start(call)
         return call
 
-    def _start(self, call):
+    def _start(self, call: _Call) -> None:
         call.job = self._backend.run_blocking(call.fn, call.args,
                                               lambda result, exc: self._done(call, result, exc),
                                               call.threaded)
 
-    def _next_locked(self, call):
+    def _next_locked(self, call: _Call) -> _Call | None:
         # Lock held: ``call`` leaves the queue's head; the next one (if any) takes it.
         if self._running is not call:
             return None
@@ -66,7 +79,7 @@ class UserCode:
         self._running = nxt
         return nxt
 
-    def _done(self, call, result, exc):
+    def _done(self, call: _Call, result: Any, exc: BaseException | None) -> None:
         # On the loop.
         with self._lock:
             nxt = self._next_locked(call)
@@ -83,7 +96,12 @@ class UserCode:
         if drained is not None:
             drained.set()
 
-    def wait_drained(self, timeout):
+    def idle(self) -> bool:
+        """True when no call is queued or running (read on the loop, which
+        is where calls are queued from)."""
+        return self._running is None
+
+    def wait_drained(self, timeout: float) -> bool:
         """Block (up to ``timeout`` seconds) until no call is queued or
         running; return True if so."""
         with self._lock:
@@ -94,18 +112,19 @@ class UserCode:
             event = self._drained
         return bool(event.wait(timeout))
 
-    def abandon(self, call):
+    def abandon(self, call: _Call) -> None:
         """Stop waiting for ``call``: it is dropped if it has not started; if
         it runs, the calls after it go ahead and its result is discarded."""
         with self._lock:
             if call.abandoned:
                 return
             call.abandoned = True
-            try:
-                self._queue.remove(call)
-                return
-            except ValueError:
-                pass
+            if self._queue:
+                try:
+                    self._queue.remove(call)
+                    return
+                except ValueError:
+                    pass
             nxt = self._next_locked(call)
         job = call.job
         if job is not None:
@@ -113,13 +132,13 @@ class UserCode:
         if nxt is not None:
             self._start(nxt)
 
-    def reset_after_fork(self):
+    def reset_after_fork(self) -> None:
         """In a forked child: the parent's calls do not run here."""
         self._lock = self._backend.lock()
-        self._queue = collections.deque()
+        self._queue = None
         self._running = None
 
 
-def _discard(result):
+def _discard(result: object) -> None:
     if isinstance(result, socket.socket):
         result.close()

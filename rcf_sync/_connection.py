@@ -19,11 +19,19 @@ keeps using the socket until the lease ends, then the connection is
 discarded with that reason.
 """
 
+from __future__ import annotations
+
 import enum
 import select
+import socket
 import time
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from ._backends._seam import Cancellable, IdleWatch
 
 from ._backends._base import idle_status, original
+from ._reasons import peer_closed
 
 __all__ = ["Owner", "Connection", "lease_check", "stream_check"]
 
@@ -40,10 +48,10 @@ class Owner(enum.Enum):
 _POLLRDHUP = getattr(select, "POLLRDHUP", 0)
 _POLL_EVENTS = select.POLLIN | _POLLRDHUP
 _BROKEN = select.POLLHUP | select.POLLERR | select.POLLNVAL
-_poll_class = []
+_poll_class: list[Callable[[], Any] | None] = []
 
 
-def _new_poll():
+def _new_poll() -> Any:
     if not _poll_class:
         try:
             _poll_class.append(original("select", "poll"))
@@ -59,29 +67,29 @@ class Connection:
     __slots__ = ("sock", "session", "serial", "owner", "doomed", "stream", "watch",
                  "heartbeat", "idle_since", "_poll", "_pending")
 
-    def __init__(self, sock, serial, session=None):
+    def __init__(self, sock: socket.socket, serial: int, session: object = None) -> None:
         # Immutable after creation:
         self.sock = sock
-        self.session = sock if session is None else session  # what a lease hands out
+        self.session: Any = sock if session is None else session  # what a lease hands out
         self.serial = serial
         # Under the handle's lock:
         self.owner = Owner.IDLE
-        self.doomed = None      # an exception: discard with it when the lease ends
+        self.doomed: BaseException | None = None  # discard with it when the lease ends
         self.stream = False     # set (once, for good) by the handle's sendall()/recv()
         # Loop only (set right after creation, cleared on close):
-        self.watch = None
-        self.heartbeat = None
+        self.watch: IdleWatch | None = None
+        self.heartbeat: Cancellable | None = None
         # Written by the lease holder at release, read by the heartbeat:
         self.idle_since = time.monotonic()
-        self._poll = None       # lease_check's poll object, made on first use
+        self._poll: Any = None  # lease_check's poll object, made on first use
         # TLS: bytes already decrypted wait in the SSL object, not the kernel.
-        self._pending = getattr(sock, "pending", None)
+        self._pending: Callable[[], int] | None = getattr(sock, "pending", None)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Connection #{self.serial} {self.owner.name}>"
 
 
-def lease_check(conn):
+def lease_check(conn: Connection) -> BaseException | None:
     """Called by a caller that was just handed ``conn``: ``None`` when it
     can be used, else the exception to discard it with (bytes nobody asked
     for are waiting, or the peer closed it). One non-blocking ``poll()``
@@ -102,29 +110,29 @@ def lease_check(conn):
         if pending is None or not pending():
             return None
     if conn.stream:
-        return _stream_problem(events)
+        return _stream_problem(events, sock)
     status = idle_status(sock)
     if status == "quiet":  # TLS records without data (session tickets)
         return None
     if status == "closed":
-        return ConnectionResetError("the peer closed the connection")
+        return peer_closed(sock)
     return ConnectionError("unexpected data from the peer on an idle connection")
 
 
-def _stream_problem(events):
+def _stream_problem(events: list[tuple[int, int]], sock: Any) -> BaseException | None:
     # A stream may have its reply waiting; only a hang-up with nothing left
     # to read (or an error) makes it unusable.
     mask = events[0][1] if events else 0
     if mask & _BROKEN or (mask & _POLLRDHUP and not mask & select.POLLIN):
-        return ConnectionResetError("the peer closed the connection")
+        return peer_closed(sock)
     return None
 
 
-def stream_check(conn):
+def stream_check(conn: Connection) -> BaseException | None:
     """Loop, idle watch fired on a stream: the exception to discard it with,
     or None (its waiting bytes are its user's)."""
     poll = conn._poll
     if poll is None:
         lease_check(conn)  # makes the poll object
         poll = conn._poll
-    return _stream_problem(poll.poll(0)) if poll is not None else None
+    return _stream_problem(poll.poll(0), conn.sock) if poll is not None else None

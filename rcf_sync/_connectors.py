@@ -70,6 +70,9 @@ _Address: TypeAlias = tuple[int, int, int, Any]
 #: Connect timeout used when none is given, as Twisted's ``connectTCP``.
 DEFAULT_TIMEOUT = 30.0
 
+# Made non-blocking by socket() itself where the platform can (a system call
+# less per attempt); Python then treats it as non-blocking too.
+_SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 _INET_FAMILIES = tuple(getattr(socket, name) for name in ("AF_INET", "AF_INET6") if hasattr(socket, name))
 _IN_PROGRESS = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, getattr(errno, "WSAEWOULDBLOCK", -1)}
 
@@ -77,6 +80,25 @@ _IN_PROGRESS = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, getattr(errn
 def _is_integer(value: object) -> bool:
     """An integer of any kind (``numbers.Integral``), not a bool."""
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+@functools.lru_cache(maxsize=1024)
+def _numeric_addresses(host: str, port: int) -> tuple[_Address, ...]:
+    """The addresses of an IP literal (empty when ``host`` is a name), once
+    per process: a numeric lookup never blocks, so it asks the C library
+    directly (``socket.getaddrinfo`` may be gevent's, which uses threads),
+    with the host already encoded (``str`` hosts go through the IDNA codec,
+    the dearest part of an attempt to a thousand new clients)."""
+    try:
+        encoded = host.encode("ascii")
+    except UnicodeEncodeError:
+        return ()  # not an IP literal
+    try:
+        infos = _socket.getaddrinfo(encoded, port, 0, socket.SOCK_STREAM, 0,
+                                    socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        return ()
+    return tuple((af, st, proto, sa) for af, st, proto, _, sa in infos)
 
 
 def _check_timeout(timeout: object) -> float | None:
@@ -251,9 +273,10 @@ class _SocketConnector(Connector):
         last_error: OSError | None = None
         socket_class = _stdlib_socket()
         for family, type_, proto, sockaddr in addresses:
-            sock = socket_class(family, type_, proto)
+            sock = socket_class(family, type_ | _SOCK_NONBLOCK, proto)
             try:
-                sock.setblocking(False)
+                if not _SOCK_NONBLOCK:
+                    sock.setblocking(False)
                 self._prepare(sock, family)
                 err = sock.connect_ex(sockaddr)
                 if err in _IN_PROGRESS:
@@ -338,15 +361,7 @@ class TCPConnector(_SocketConnector):
     def _addresses(self) -> Generator[Step, Any, list[_Address]]:
         numeric = self._numeric
         if numeric is None:
-            try:
-                # A numeric address never blocks: ask the C library directly
-                # (socket.getaddrinfo may be gevent's, which uses threads), once.
-                infos = _socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM, 0,
-                                            socket.AI_NUMERICHOST)
-                numeric = [(af, st, proto, sa) for af, st, proto, _, sa in infos]
-            except socket.gaierror:
-                numeric = ()
-            self._numeric = numeric
+            numeric = self._numeric = _numeric_addresses(self.host, self.port)
         if numeric:
             return list(numeric)
         infos = yield Resolve(self.host, self.port)

@@ -35,6 +35,8 @@ after_fork_in_child(_after_fork)
 class ForkSafe:
     """Mixin for handles: the child's side of a fork."""
 
+    __slots__ = ()
+
     def _drop_in_child(self, conn):
         """At-fork hook: forget ``conn`` without a word to the peer (closing
         our copy of the descriptor only; the parent's stream is untouched)."""

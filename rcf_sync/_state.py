@@ -6,6 +6,8 @@ there. The client feeds it every change so that ``state`` can only move the
 way this table says.
 """
 
+from __future__ import annotations
+
 import enum
 
 __all__ = ["State", "Event", "transition"]
@@ -62,7 +64,7 @@ _TABLE = {
 }
 
 
-def transition(state, event):
+def transition(state: State, event: Event) -> State:
     """Return the state that ``event`` leads to from ``state``.
 
     ``CLOSE`` leads to ``CLOSED`` from anywhere; ``CLOSED`` is final.

@@ -1,5 +1,9 @@
 """``Stats``: the snapshot of a client's or pool's counters."""
 
+from __future__ import annotations
+
+from typing import Any
+
 __all__ = ["Stats"]
 
 
@@ -16,8 +20,17 @@ class Stats:
     __slots__ = ("connects", "connect_failures", "losses", "retries", "last_error",
                  "last_change", "waiting")
 
-    def __init__(self, connects=0, connect_failures=0, losses=0, retries=0,
-                 last_error=None, last_change=None, waiting=0):
+    connects: int
+    connect_failures: int
+    losses: int
+    retries: int
+    last_error: BaseException | None
+    last_change: float | None
+    waiting: int
+
+    def __init__(self, connects: int = 0, connect_failures: int = 0, losses: int = 0,
+                 retries: int = 0, last_error: BaseException | None = None,
+                 last_change: float | None = None, waiting: int = 0) -> None:
         self.connects = connects
         self.connect_failures = connect_failures
         self.losses = losses
@@ -26,11 +39,12 @@ class Stats:
         self.last_change = last_change
         self.waiting = waiting
 
-    def _copy(self, waiting):
-        copy = Stats(*(getattr(self, k) for k in self.__slots__))
+    def _copy(self, waiting: int) -> Stats:
+        values: list[Any] = [getattr(self, k) for k in self.__slots__]
+        copy = Stats(*values)
         copy.waiting = waiting
         return copy
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
         return f"Stats({fields})"

@@ -11,6 +11,14 @@ exist once while each backend waits its own way.
 Steps are immutable once made.
 """
 
+from __future__ import annotations
+
+import socket
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from ._connectors import _SocketConnector
+
 __all__ = ["Step", "Resolve", "Readable", "Writable", "TLS", "Blocking", "UserCall", "Adopt"]
 
 
@@ -19,8 +27,9 @@ class Step:
 
     __slots__ = ()
 
-    def __repr__(self):
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+    def __repr__(self) -> str:
+        names: tuple[str, ...] = self.__slots__
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in names)
         return f"{type(self).__name__}({fields})"
 
 
@@ -30,7 +39,7 @@ class Resolve(Step):
 
     __slots__ = ("host", "port")
 
-    def __init__(self, host, port):
+    def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
 
 
@@ -39,7 +48,7 @@ class Readable(Step):
 
     __slots__ = ("sock",)
 
-    def __init__(self, sock):
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
 
 
@@ -49,7 +58,7 @@ class Writable(Step):
 
     __slots__ = ("sock",)
 
-    def __init__(self, sock):
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
 
 
@@ -59,7 +68,7 @@ class TLS(Step):
 
     __slots__ = ("sock", "connector")
 
-    def __init__(self, sock, connector):
+    def __init__(self, sock: socket.socket, connector: _SocketConnector) -> None:
         self.sock, self.connector = sock, connector
 
 
@@ -69,7 +78,7 @@ class Blocking(Step):
 
     __slots__ = ("fn", "args")
 
-    def __init__(self, fn, *args):
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
         self.fn, self.args = fn, args
 
 
@@ -84,7 +93,7 @@ class UserCall(Step):
 
     __slots__ = ("fn", "args", "threaded")
 
-    def __init__(self, fn, *args, threaded=False):
+    def __init__(self, fn: Callable[..., Any], *args: Any, threaded: bool = False) -> None:
         self.fn, self.args, self.threaded = fn, args, threaded
 
 
@@ -94,5 +103,5 @@ class Adopt(Step):
 
     __slots__ = ("sock",)
 
-    def __init__(self, sock):
+    def __init__(self, sock: socket.socket) -> None:
         self.sock = sock

@@ -13,12 +13,33 @@ log = logging.getLogger("rcf_sync")
 class RunsUserCode:
     """Mixin for handles."""
 
-    def _factory_calls(self, calls, then=None):
+    __slots__ = ()
+
+    def _factory_calls(self, calls, then=None, always=False):
         """Loop: call the factory's methods ``calls`` ((name, args) pairs) in
         order, then ``then(result of the last)`` on the loop. Inline when the
         factory is ours; in the user-code queue otherwise. An exception
-        stops the handle (:meth:`_user_failed`)."""
+        stops the handle (:meth:`_user_failed`); with ``always``, ``then``
+        still runs (with None)."""
         factory = self.factory
+        # Ours cannot block: no hand-off (the usual case). A subclass's
+        # inherited methods run inline too, but only when none of its own
+        # code is queued for this handle, so that the order stays the order.
+        if self._trusted or (self._user.idle()
+                             and all(name in self._ours for name, _ in calls)):
+            name = None
+            result = None
+            try:
+                for name, args in calls:
+                    result = getattr(factory, name)(*args)
+            except Exception as exc:
+                self._user_failed(f"{type(factory).__name__}.{name}()", exc)
+                if not always:
+                    return
+                result = None
+            if then is not None:
+                then(result)
+            return
         where = [None]
 
         def run():
@@ -31,18 +52,12 @@ class RunsUserCode:
         def done(result, exc):
             if exc is not None:
                 self._user_failed(f"{type(factory).__name__}.{where[0]}()", exc)
-            elif then is not None:
+                if not always:
+                    return
+            if then is not None:
                 then(result)
 
-        if self._trusted:
-            try:
-                result = run()
-            except Exception as exc:
-                done(None, exc)
-            else:
-                done(result, None)
-        else:
-            self._user.run(run, (), done)
+        self._user.run(run, (), done)
 
     def _user_callback(self, label, fn, *args):
         """Loop: run user callback ``fn(*args)`` in the queue; raising stops

@@ -170,16 +170,21 @@ def no_leaks(server):
     assert sockets == [], f"sockets left open: {sockets}"
 
 
-def _new_sockets(fds_before):
-    # A descriptor number may be reused; count only what is a socket now.
-    sockets = []
-    for fd in open_fds() - fds_before:
+def socket_fds(fds=None):
+    """Which of ``fds`` (default: every open descriptor) are sockets now."""
+    out = set()
+    for fd in open_fds() if fds is None else fds:
         try:
             if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
-                sockets.append(fd)
+                out.add(fd)
         except OSError:
             pass
-    return sockets
+    return out
+
+
+def _new_sockets(fds_before):
+    # A descriptor number may be reused; count only what is a socket now.
+    return sorted(socket_fds(open_fds() - fds_before))
 
 
 def unique_payload_run(kit, handle, server, workers=8, requests=40, restarts=5):

@@ -11,18 +11,34 @@ Everything here runs on the loop thread, except :meth:`Attempt.cancel`
 callers, who are on it too (clients call it from loop work only).
 """
 
+from __future__ import annotations
+
 import socket
 import ssl
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any, Callable
 
 from .._steps import TLS, Adopt, Blocking, Readable, Resolve, UserCall, Writable
 from ._runtime import READ, WRITE
 
+if TYPE_CHECKING:
+    from .._callbacks import UserCode
+    from .._connectors import _SocketConnector
+    from .._steps import Step
+    from .._timers import DelayedCall
+    from ._runtime import Runtime
+    from ._seam import Steps
+
 __all__ = ["Attempt", "tls_handshake"]
 
 
-def tls_handshake(raw, connector):
+def tls_handshake(raw: socket.socket,
+                  connector: _SocketConnector) -> Generator[Step, None, ssl.SSLSocket]:
     """Generator: wrap ``raw`` (non-blocking) and complete the handshake."""
-    tls = connector.ssl_context.wrap_socket(
+    context = connector.ssl_context
+    if context is None:
+        raise RuntimeError(f"{connector!r} has no TLS context")
+    tls = context.wrap_socket(
         raw, server_hostname=connector.server_hostname, do_handshake_on_connect=False
     )
     try:
@@ -45,22 +61,26 @@ class Attempt:
     __slots__ = ("_rt", "_stack", "_deliver", "_user", "_done", "_waiting_on", "_job",
                  "_deadline")
 
-    def __init__(self, runtime, steps, timeout, deliver, user_code):
+    def __init__(self, runtime: Runtime, steps: Steps, timeout: float | None,
+                 deliver: Callable[[Any, BaseException | None], None],
+                 user_code: UserCode) -> None:
         self._rt = runtime
-        self._stack = [steps]        # generators: the attempt, then nested ones (TLS)
+        # Generators: the attempt, then nested ones (TLS).
+        self._stack: list[Generator[Step, Any, Any]] = [steps]
         self._deliver = deliver
         self._user = user_code
         self._done = False
-        self._waiting_on = None      # the socket armed in the poller
-        self._job = None             # (token, abandon) of the job or user call in flight
-        self._deadline = None
+        self._waiting_on: socket.socket | None = None  # the socket armed in the poller
+        # (token, abandon) of the job or user call in flight.
+        self._job: tuple[object, Callable[[], None]] | None = None
+        self._deadline: DelayedCall | None = None
         if timeout is not None:
             self._deadline = runtime.clock.callLater(timeout, self._expire, timeout)
 
-    def start(self):
+    def start(self) -> None:
         self._step(None, None)
 
-    def _step(self, value, exc):
+    def _step(self, value: Any, exc: BaseException | None) -> None:
         while not self._done:
             gen = self._stack[-1]
             try:
@@ -69,13 +89,15 @@ class Attempt:
                 self._stack.pop()
                 value, exc = stop.value, None
                 if not self._stack:
-                    return self._finish(value, None)
+                    self._finish(value, None)
+                    return
                 continue
             except BaseException as error:
                 self._stack.pop()
                 value, exc = None, error
                 if not self._stack:
-                    return self._finish(None, error)
+                    self._finish(None, error)
+                    return
                 continue
             value = exc = None
             handler = _HANDLERS.get(type(step))
@@ -93,18 +115,18 @@ class Attempt:
     # Each handler returns (waiting, value): waiting=True when the result
     # will come back later through _resume / _job_done.
 
-    def _wait(self, step, kind):
+    def _wait(self, step: Readable | Writable, kind: str) -> tuple[bool, Any]:
         self._waiting_on = step.sock
         self._rt.arm(step.sock, kind, self._resume)
         return True, None
 
-    def _readable(self, step):
+    def _readable(self, step: Readable) -> tuple[bool, Any]:
         return self._wait(step, READ)
 
-    def _writable(self, step):
+    def _writable(self, step: Writable) -> tuple[bool, Any]:
         return self._wait(step, WRITE)
 
-    def _adopt(self, step):
+    def _adopt(self, step: Adopt) -> tuple[bool, Any]:
         try:
             step.sock.setblocking(True)
         except OSError:
@@ -112,35 +134,41 @@ class Attempt:
             raise
         return False, step.sock
 
-    def _tls(self, step):
+    def _tls(self, step: TLS) -> tuple[bool, Any]:
         self._stack.append(tls_handshake(step.sock, step.connector))
         return False, None
 
-    def _submit(self, fn, args):
+    def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[bool, Any]:
         token = object()
-        job = self._rt.workers.submit(fn, args,
-                                      lambda result, exc: self._job_done(token, result, exc))
+
+        def done(result: Any, exc: BaseException | None) -> None:
+            self._job_done(token, result, exc)
+
+        job = self._rt.workers.submit(fn, args, done)
         self._job = (token, job.abandon)
         return True, None
 
-    def _resolve(self, step):
+    def _resolve(self, step: Resolve) -> tuple[bool, Any]:
         return self._submit(socket.getaddrinfo, (step.host, step.port, 0, socket.SOCK_STREAM))
 
-    def _blocking(self, step):
+    def _blocking(self, step: Blocking) -> tuple[bool, Any]:
         return self._submit(step.fn, step.args)
 
-    def _user_call(self, step):
+    def _user_call(self, step: UserCall) -> tuple[bool, Any]:
         token = object()
-        call = self._user.run(step.fn, step.args,
-                              lambda result, exc: self._job_done(token, result, exc), step.threaded)
+
+        def done(result: Any, exc: BaseException | None) -> None:
+            self._job_done(token, result, exc)
+
+        call = self._user.run(step.fn, step.args, done, step.threaded)
         self._job = (token, lambda: self._user.abandon(call))
         return True, None
 
-    def _resume(self):
+    def _resume(self) -> None:
         self._waiting_on = None
         self._step(None, None)
 
-    def _job_done(self, token, result, exc):
+    def _job_done(self, token: object, result: Any, exc: BaseException | None) -> None:
         job = self._job
         if self._done or job is None or job[0] is not token:
             _discard(result)
@@ -148,16 +176,16 @@ class Attempt:
         self._job = None
         self._step(result, exc)
 
-    def _expire(self, timeout):
+    def _expire(self, timeout: float) -> None:
         if not self._done:
             self._abort(TimeoutError(f"timed out after {timeout:g}s"))
 
-    def cancel(self):
+    def cancel(self) -> None:
         """Abandon the attempt; its sockets are closed, ``deliver`` is not called."""
         if not self._done:
             self._abort(None)
 
-    def _abort(self, exc):
+    def _abort(self, exc: BaseException | None) -> None:
         if self._waiting_on is not None:
             self._rt.forget(self._waiting_on)
             self._waiting_on = None
@@ -176,18 +204,18 @@ class Attempt:
         else:
             self._finish(None, exc)
 
-    def _cancel_deadline(self):
+    def _cancel_deadline(self) -> None:
         deadline, self._deadline = self._deadline, None
         if deadline is not None and deadline.active():
             deadline.cancel()
 
-    def _finish(self, sock, exc):
+    def _finish(self, sock: Any, exc: BaseException | None) -> None:
         self._done = True
         self._cancel_deadline()
         self._deliver(sock, exc)
 
 
-_HANDLERS = {
+_HANDLERS: dict[type, Callable[[Attempt, Any], tuple[bool, Any]]] = {
     Readable: Attempt._readable,
     Writable: Attempt._writable,
     Adopt: Attempt._adopt,
@@ -198,6 +226,6 @@ _HANDLERS = {
 }
 
 
-def _discard(result):
+def _discard(result: object) -> None:
     if isinstance(result, socket.socket):
         result.close()

@@ -13,10 +13,12 @@ callers are always gevent sockets. Clients of this backend are used from
 greenlets of the thread whose hub they were created in.
 """
 
-import logging
+from __future__ import annotations
+
 import socket
 import time
 import weakref
+from typing import TYPE_CHECKING, Any, Callable
 
 try:
     import gevent
@@ -30,38 +32,34 @@ except ImportError as exc:  # pragma: no cover - exercised without gevent only
     ) from exc
 
 from .._steps import TLS, Adopt, Blocking, Readable, Resolve, UserCall, Writable
-from ._base import original, socket_is_patched
-from ._gevent_clock import GeventClock
+from ._base import guard, socket_is_patched
+from ._gevent_clock import GeventClock, _get_ident, _RealLock
+
+if TYPE_CHECKING:
+    from .._callbacks import UserCode
+    from .._connectors import _SocketConnector
+    from .._steps import Step
+    from ._seam import Deliver, Steps
 
 __all__ = ["GeventBackend", "GeventClock"]
 
-log = logging.getLogger("rcf_sync")
-
-_get_ident = original("_thread", "get_ident")
-_RealLock = original("_thread", "allocate_lock")
 
 
-def _guard(fn, *args):
-    try:
-        fn(*args)
-    except Exception:
-        log.exception("unexpected error in rcf_sync running %r", fn)
 
-
-def _capture(fn, args):
+def _capture(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[bool, Any]:
     try:
         return True, fn(*args)
     except BaseException as exc:
         return False, exc
 
 
-def _close_late_result(pending):
+def _close_late_result(pending: Any) -> None:
     ok, value = pending.get()
     if ok and hasattr(value, "close"):
         value.close()
 
 
-def _to_gevent_socket(sock):
+def _to_gevent_socket(sock: socket.socket) -> Any:
     """Hand back ``sock`` as a socket that yields to the hub."""
     if isinstance(sock, (gevent.socket.socket, gevent.ssl.SSLSocket)):
         sock.settimeout(None)
@@ -77,7 +75,7 @@ def _to_gevent_socket(sock):
     return g
 
 
-def _tls(raw, connector):
+def _tls(raw: socket.socket, connector: _SocketConnector) -> Any:
     g = _to_gevent_socket(raw)
     try:
         t = gevent.ssl.SSLSocket(
@@ -95,7 +93,7 @@ def _tls(raw, connector):
     return t
 
 
-def _call_blocking(backend, fn, args):
+def _call_blocking(backend: GeventBackend, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
     """Run user code that may block the thread: in gevent's thread pool
     unless the socket module is patched (then it cooperates)."""
     if socket_is_patched():
@@ -121,7 +119,9 @@ class _Attempt:
     that are not socket waits run under a ``gevent.Timeout`` for the time left.
     """
 
-    def __init__(self, backend, steps, timeout, deliver, user_code):
+    def __init__(self, backend: GeventBackend, steps: Steps, timeout: float | None,
+                 deliver: Callable[[Any, BaseException | None], None],
+                 user_code: UserCode) -> None:
         self._backend = backend
         self._user = user_code
         self._deliver = deliver
@@ -130,7 +130,7 @@ class _Attempt:
         self._cancelled = False
         self._glet = gevent.spawn(self._run, steps)
 
-    def _run(self, steps):
+    def _run(self, steps: Steps) -> None:
         try:
             sock = self._trampoline(steps)
         except gevent.GreenletExit:
@@ -146,10 +146,10 @@ class _Attempt:
         else:
             self._deliver(sock, None)
 
-    def _timed_out(self):
+    def _timed_out(self) -> TimeoutError:
         return TimeoutError(f"timed out after {self._timeout:g}s")
 
-    def _left(self):
+    def _left(self) -> float | None:
         if self._deadline is None:
             return None
         left = self._deadline - time.monotonic()
@@ -157,7 +157,7 @@ class _Attempt:
             raise self._timed_out()
         return left
 
-    def _trampoline(self, gen):
+    def _trampoline(self, gen: Steps) -> Any:
         value, exc = None, None
         while True:
             try:
@@ -170,28 +170,27 @@ class _Attempt:
             except BaseException as error:
                 exc = error
 
-    def _perform(self, step):
-        kind = type(step)
-        if kind is Writable:
+    def _perform(self, step: Step) -> Any:
+        if isinstance(step, Writable):
             return gevent.socket.wait_write(step.sock.fileno(), timeout=self._left(),
                                             timeout_exc=self._timed_out())
-        if kind is Readable:
+        if isinstance(step, Readable):
             return gevent.socket.wait_read(step.sock.fileno(), timeout=self._left(),
                                            timeout_exc=self._timed_out())
-        if kind is Adopt:
+        if isinstance(step, Adopt):
             return _to_gevent_socket(step.sock)
         with _GTimeout(self._left()):
-            if kind is Resolve:
+            if isinstance(step, Resolve):
                 return gevent.socket.getaddrinfo(step.host, step.port, 0, socket.SOCK_STREAM)
-            if kind is TLS:
+            if isinstance(step, TLS):
                 return _tls(step.sock, step.connector)
-            if kind is Blocking:
+            if isinstance(step, Blocking):
                 return step.fn(*step.args)
-            if kind is UserCall:
+            if isinstance(step, UserCall):
                 return self._user_call(step)
         raise TypeError(f"unknown attempt step {step!r}")
 
-    def _user_call(self, step):
+    def _user_call(self, step: UserCall) -> Any:
         # In the handle's user-code queue, so it never overlaps its other
         # callbacks; this greenlet waits for the result.
         result = gevent.event.AsyncResult()
@@ -204,7 +203,7 @@ class _Attempt:
             self._user.abandon(call)
             raise
 
-    def cancel(self):
+    def cancel(self) -> None:
         if not self._cancelled:
             self._cancelled = True
             self._glet.kill(block=False)
@@ -214,26 +213,27 @@ class _Attempt:
 class _IdleWatch:
     """A read watcher on an idle connection, stopped while it is leased."""
 
-    def __init__(self, backend, sock, callback):
+    def __init__(self, backend: GeventBackend, sock: socket.socket,
+                 callback: Callable[[], None]) -> None:
         self._backend = backend
         self._callback = callback
         self._watcher = backend._hub.loop.io(sock.fileno(), 1)
         self._watcher.start(self._fire)
         self.idle_off = False  # True while stopped: resume() restarts it
 
-    def _fire(self):
+    def _fire(self) -> None:
         w = self._watcher
         if w is not None:
             w.stop()
             self.idle_off = True
-            _guard(self._callback)
+            guard(self._callback)
 
-    def leased(self):
+    def leased(self) -> None:
         if self._watcher is not None:
             self._watcher.stop()
             self.idle_off = True
 
-    def released(self):
+    def released(self) -> None:
         w = self._watcher
         if w is not None and not w.active:
             w.start(self._fire)
@@ -241,11 +241,11 @@ class _IdleWatch:
 
     rearm = released
 
-    def abandon(self):
+    def abandon(self) -> None:
         """After a fork: stop the watcher of the parent's descriptor."""
         self.close()
 
-    def close(self):
+    def close(self) -> None:
         w, self._watcher = self._watcher, None
         if w is not None:
             w.stop()
@@ -259,18 +259,21 @@ class GeventBackend:
     (``caller_thread``); a call from another OS thread raises."""
 
     name = "gevent"
-    event = staticmethod(gevent.event.Event)
+
+    def event(self) -> Any:  # a gevent.event.Event (gevent ships no types)
+        return gevent.event.Event()
+
     lock = staticmethod(_RealLock)
     thread_ident = staticmethod(_get_ident)  # the OS thread's, even when patched
 
-    def __init__(self):
+    def __init__(self) -> None:
         hub = gevent.get_hub()
         self._hub_ref = weakref.ref(hub)
         self.caller_thread = self._hub_thread = _get_ident()
         self.clock = GeventClock(hub, self._hub_thread)
-        self._dying = weakref.WeakSet()  # greenlets killed, maybe not dead yet
+        self._dying: weakref.WeakSet[Any] = weakref.WeakSet()  # greenlets killed, maybe not dead yet
 
-    def settle(self, timeout):
+    def settle(self, timeout: float) -> None:
         """Wait (cooperatively, up to ``timeout``) for the greenlets we
         killed to be gone, so that ``close()`` leaves none behind."""
         if self.in_loop():
@@ -281,46 +284,53 @@ class GeventBackend:
             gevent.joinall(glets, timeout=timeout)
 
     @property
-    def _hub(self):
+    def _hub(self) -> Any:
         return self._hub_ref()
 
-    def describe_caller_error(self):
+    def describe_caller_error(self) -> str:
         return (f"this rcf_sync client uses the gevent hub of thread {self._hub_thread} "
                 f"({self._hub!r}); it was called from thread {_get_ident()}: use it from "
                 "greenlets of that thread, or give other threads a client with backend='thread'")
 
-    def acquire(self):
+    def acquire(self) -> None:
         pass
 
-    def release(self, timeout=5.0):
+    def release(self, timeout: float = 5.0) -> None:
         pass
 
-    def in_loop(self):
+    def in_loop(self) -> bool:
         return gevent.getcurrent() is self._hub
 
-    def call_soon(self, fn, *args):
+    def call_soon(self, fn: Callable[..., object], *args: Any) -> None:
         if _get_ident() == self._hub_thread:
-            self._hub.loop.run_callback(_guard, fn, *args)
+            self._hub.loop.run_callback(guard, fn, *args)
         else:
-            self._hub.loop.run_callback_threadsafe(_guard, fn, *args)
+            self._hub.loop.run_callback_threadsafe(guard, fn, *args)
 
-    def call_later_real(self, seconds, fn, *args):
+    def call_first(self, fn: Callable[..., object], *args: Any) -> None:
+        self.call_soon(fn, *args)  # the hub runs callbacks in one turn: nothing to jump
+
+    def call_later_real(self, seconds: float, fn: Callable[..., object],
+                        *args: object) -> Any:
         return self.clock.callLater(seconds, fn, *args)
 
-    def start_attempt(self, steps, timeout, deliver, user_code):
+    def start_attempt(self, steps: Steps, timeout: float | None,
+                      deliver: Callable[[Any, BaseException | None], None],
+                      user_code: UserCode) -> _Attempt:
         return _Attempt(self, steps, timeout, deliver, user_code)
 
-    def run_blocking(self, fn, args, deliver, threaded=False):
+    def run_blocking(self, fn: Callable[..., Any], args: tuple[Any, ...], deliver: Deliver,
+                     threaded: bool = False) -> _Job:
         """Run ``fn(*args)`` in a new greenlet (with ``threaded``, code that
         may block its thread runs in gevent's thread pool unless sockets are
         patched); ``deliver(result, exc)`` in the hub's thread afterwards.
         Returns a job with ``abandon()``."""
         return _Job(self, fn, args, deliver, threaded)
 
-    def watch_idle(self, sock, callback):
+    def watch_idle(self, sock: socket.socket, callback: Callable[[], None]) -> _IdleWatch:
         return _IdleWatch(self, sock, callback)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<GeventBackend>"
 
 
@@ -329,12 +339,14 @@ class _Job:
 
     __slots__ = ("_glet", "_backend")
 
-    def __init__(self, backend, fn, args, deliver, threaded):
+    def __init__(self, backend: GeventBackend, fn: Callable[..., Any], args: tuple[Any, ...],
+                 deliver: Deliver, threaded: bool) -> None:
         self._backend = backend
         self._glet = gevent.spawn(self._run, backend, fn, args, deliver, threaded)
 
     @staticmethod
-    def _run(backend, fn, args, deliver, threaded):
+    def _run(backend: GeventBackend, fn: Callable[..., Any], args: tuple[Any, ...],
+             deliver: Deliver, threaded: bool) -> None:
         try:
             result = _call_blocking(backend, fn, args) if threaded else fn(*args)
             exc = None
@@ -344,16 +356,16 @@ class _Job:
             result, exc = None, error
         deliver(result, exc)
 
-    def abandon(self):
+    def abandon(self) -> None:
         self._glet.kill(block=False)
         self._backend._dying.add(self._glet)
 
 
 # One backend per hub, dropped with its hub (the backend holds the hub weakly).
-_per_hub = weakref.WeakKeyDictionary()
+_per_hub: weakref.WeakKeyDictionary[Any, GeventBackend] = weakref.WeakKeyDictionary()
 
 
-def shared_backend():
+def shared_backend() -> GeventBackend:
     """The :class:`GeventBackend` of the current thread's hub."""
     hub = gevent.get_hub()
     backend = _per_hub.get(hub)

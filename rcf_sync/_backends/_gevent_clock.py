@@ -4,27 +4,21 @@ A call's state (called, cancelled, its time) changes under one lock, from
 any thread; its libev timer is touched in the hub's thread only.
 """
 
-import logging
+from __future__ import annotations
+
 import time
 import weakref
+from typing import Any, Callable
 
 from .._errors import AlreadyCalled, AlreadyCancelled
 from .._timers import check_delay
-from ._base import log_negative_delay, original
+from ._base import guard, log_negative_delay, original
 
 __all__ = ["GeventClock"]
 
-log = logging.getLogger("rcf_sync")
 
 _get_ident = original("_thread", "get_ident")
 _RealLock = original("_thread", "allocate_lock")
-
-
-def _guard(fn, *args):
-    try:
-        fn(*args)
-    except Exception:
-        log.exception("unexpected error in rcf_sync running %r", fn)
 
 
 class _GeventCall:
@@ -32,17 +26,18 @@ class _GeventCall:
 
     __slots__ = ("_clock", "_timer", "_time", "func", "args", "kw", "called", "cancelled")
 
-    def __init__(self, clock, when, func, args, kw):
+    def __init__(self, clock: GeventClock, when: float, func: Callable[..., object] | None,
+                 args: tuple[Any, ...] | None, kw: dict[str, Any] | None) -> None:
         self._clock = clock
         self._time = when
         self.func, self.args, self.kw = func, args, kw
         self.called = self.cancelled = 0
-        self._timer = None  # the hub's timer: touched in the hub only
+        self._timer: Any = None  # the hub's timer: touched in the hub only
         with clock._lock:
             clock._pending.add(self)
         clock._in_hub(self._start)
 
-    def _start(self):
+    def _start(self) -> None:
         if not self.active():
             return
         loop = self._clock._hub.loop
@@ -53,7 +48,7 @@ class _GeventCall:
         self._timer = loop.timer(max(0.0, self._time - time.monotonic()))
         self._timer.start(self._fire)
 
-    def _fire(self):
+    def _fire(self) -> None:
         with self._clock._lock:
             if not self.active():
                 return
@@ -65,9 +60,10 @@ class _GeventCall:
         self._release()
         func, args, kw = self.func, self.args, self.kw
         self.func = self.args = self.kw = None
-        _guard(lambda: func(*args, **kw))
+        if func is not None:
+            guard(lambda: func(*(args or ()), **(kw or {})))
 
-    def _release(self):
+    def _release(self) -> None:
         with self._clock._lock:
             self._clock._pending.discard(self)
         timer, self._timer = self._timer, None
@@ -75,19 +71,19 @@ class _GeventCall:
             timer.stop()
             timer.close()
 
-    def _check(self):
+    def _check(self) -> None:
         if self.cancelled:
             raise AlreadyCancelled("this call was already cancelled")
         if self.called:
             raise AlreadyCalled("this call has already run")
 
-    def getTime(self):
+    def getTime(self) -> float:
         return self._time
 
-    def active(self):
+    def active(self) -> bool:
         return not (self.called or self.cancelled)
 
-    def cancel(self):
+    def cancel(self) -> None:
         with self._clock._lock:  # check and act as one step, from any thread
             self._check()
             self.cancelled = 1
@@ -95,14 +91,14 @@ class _GeventCall:
             self._clock._pending.discard(self)
         self._clock._in_hub(self._release)
 
-    def reset(self, secondsFromNow):
+    def reset(self, secondsFromNow: float) -> None:
         seconds = check_delay(secondsFromNow, "secondsFromNow")
         with self._clock._lock:
             self._check()
             self._time = time.monotonic() + seconds
         self._clock._in_hub(self._start)
 
-    def delay(self, secondsLater):
+    def delay(self, secondsLater: float) -> None:
         seconds = check_delay(secondsLater, "secondsLater")
         with self._clock._lock:
             self._check()
@@ -117,27 +113,28 @@ class GeventClock:
     (logged once). Safe to call from other threads: a call's state changes
     under one lock, its libev timer is touched in the hub only."""
 
-    def __init__(self, hub, hub_thread):
+    def __init__(self, hub: Any, hub_thread: int) -> None:
         self._hub_ref = weakref.ref(hub)  # the hub owns us, not the reverse
         self._hub_thread = hub_thread
         self._lock = _RealLock()  # guards every call's called/cancelled/_time and _pending
-        self._pending = set()
+        self._pending: set[_GeventCall] = set()
 
     @property
-    def _hub(self):
+    def _hub(self) -> Any:
         return self._hub_ref()
 
-    def _in_hub(self, fn, *args):
+    def _in_hub(self, fn: Callable[..., object], *args: Any) -> None:
         if _get_ident() == self._hub_thread:
             fn(*args)
         else:
             self._hub.loop.run_callback_threadsafe(fn, *args)
 
-    def seconds(self):
+    def seconds(self) -> float:
         """Monotonic seconds."""
         return time.monotonic()
 
-    def callLater(self, delay, callable, *args, **kw):
+    def callLater(self, delay: float, callable: Callable[..., object], *args: Any,
+                  **kw: Any) -> _GeventCall:
         """Run ``callable(*args, **kw)`` in the hub after ``delay`` seconds."""
         delay = check_delay(delay)
         if delay < 0:
@@ -145,7 +142,7 @@ class GeventClock:
             delay = 0.0
         return _GeventCall(self, time.monotonic() + delay, callable, args, kw)
 
-    def getDelayedCalls(self):
+    def getDelayedCalls(self) -> list[_GeventCall]:
         """The pending calls, earliest first."""
         with self._lock:
             calls = [c for c in self._pending if c.active()]

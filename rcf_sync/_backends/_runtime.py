@@ -22,21 +22,26 @@ threads post to it), except :meth:`arm_now` which ``epoll`` makes safe from
 any thread.
 """
 
+from __future__ import annotations
+
 import collections
-import logging
 import select
 import selectors
 import socket
 import threading
 import time
+from typing import TYPE_CHECKING, Any, Callable
 
 from .._timers import TimerQueue
-from ._base import after_fork_in_child
+from ._base import after_fork_in_child, guard
 from ._workers import WorkerPool
 
-__all__ = ["Runtime", "READ", "WRITE", "IDLE", "MAX_WORKERS"]
+if TYPE_CHECKING:
+    from .._timers import DelayedCall
+    from ._thread import ThreadClock, _Arming
 
-log = logging.getLogger("rcf_sync")
+__all__ = ["Runtime", "READ", "WRITE", "READ_WRITE", "IDLE", "MAX_WORKERS"]
+
 
 #: Worker threads busy at once (name lookups, user code); idle ones exit.
 MAX_WORKERS = 16
@@ -46,19 +51,26 @@ MAX_ABANDONED = 48
 WORKER_IDLE_TIMEOUT = 10.0
 
 READ, WRITE, IDLE = "readable", "writable", "idle"
+READ_WRITE = "readable or writable"  # a protocol's socket with bytes to send
+
+#: Callbacks the loop runs between two looks at its due timers.
+_TIMER_CHECK_EVERY = 32
 
 
 class _Poller:
     """One-shot readiness notifications."""
 
-    def __init__(self):
-        self._callbacks = {}
+    def __init__(self) -> None:
+        self._callbacks: dict[int, Callable[[], None]] = {}
+        self._epoll: Any
+        self._selector: Any
         if hasattr(select, "epoll"):
             self._epoll = select.epoll()
             one = select.EPOLLONESHOT
             self._masks = {
                 READ: select.EPOLLIN | one,
                 WRITE: select.EPOLLOUT | one,
+                READ_WRITE: select.EPOLLIN | select.EPOLLOUT | one,
                 # Bytes nobody asked for, a FIN or an RST on an idle connection.
                 IDLE: select.EPOLLIN | getattr(select, "EPOLLRDHUP", 0x2000) | one,
             }
@@ -66,9 +78,10 @@ class _Poller:
             self._epoll = None
             self._selector = selectors.DefaultSelector()
             self._masks = {READ: selectors.EVENT_READ, WRITE: selectors.EVENT_WRITE,
+                           READ_WRITE: selectors.EVENT_READ | selectors.EVENT_WRITE,
                            IDLE: selectors.EVENT_READ}
 
-    def arm(self, fd, kind, callback):
+    def arm(self, fd: int, kind: str, callback: Callable[[], None]) -> None:
         self._callbacks[fd] = callback
         mask = self._masks[kind]
         if self._epoll is not None:
@@ -82,7 +95,7 @@ class _Poller:
             except KeyError:
                 self._selector.register(fd, mask)
 
-    def forget(self, fd):
+    def forget(self, fd: int) -> None:
         self._callbacks.pop(fd, None)
         if self._epoll is not None:
             try:
@@ -95,7 +108,7 @@ class _Poller:
             except (KeyError, ValueError):
                 pass
 
-    def poll(self, timeout):
+    def poll(self, timeout: float | None) -> list[Callable[[], None]]:
         """Wait up to ``timeout`` seconds; return the callbacks of ready fds
         (each disarmed)."""
         ready = []
@@ -115,36 +128,42 @@ class _Poller:
                     ready.append(cb)
         return ready
 
-    def close(self):
+    def close(self) -> None:
         (self._epoll or self._selector).close()
 
 
 class Runtime:
     """The process-wide loop thread, its poller, timers and workers."""
 
-    def __init__(self):
+    clock: ThreadClock
+    arming: _Arming
+
+    def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._users = 0
-        self._thread = None
-        self._poller = None
-        self._wake_r = self._wake_w = None
-        self._ready = collections.deque()
+        self._thread: threading.Thread | None = None
+        self._poller: _Poller | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._ready: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]] = (
+            collections.deque())
         self._sleeping = False  # loop thread only (read racily by post())
         self.timers = TimerQueue(time.monotonic, on_earlier=self.wake)
         self.workers = WorkerPool(MAX_WORKERS, self.post, WORKER_IDLE_TIMEOUT,
-                                  MAX_WORKERS + MAX_ABANDONED)
+                                  MAX_WORKERS + MAX_ABANDONED, schedule=self._later)
         after_fork_in_child(self._reset_in_child, first=True)
 
     # -- lifetime -----------------------------------------------------------
 
-    def acquire(self):
+    def acquire(self) -> None:
         """Count a user; the loop runs from now on."""
         with self._cond:
             self._users += 1
             self._ensure_running_locked()
             self._cond.notify_all()
+        self.workers.resume()
 
-    def release(self, timeout=5.0):
+    def release(self, timeout: float = 5.0) -> None:
         """Uncount a user. After the last one, wait (up to ``timeout``) for
         the loop to finish what is queued and stop, then stop idle workers,
         unless another user arrived meanwhile."""
@@ -170,9 +189,9 @@ class Runtime:
                 leftovers = list(self._ready)
                 self._ready.clear()
         for fn, args in leftovers:
-            _guard(fn, *args)
+            guard(fn, *args)
 
-    def _ensure_running_locked(self):
+    def _ensure_running_locked(self) -> None:
         if self._thread is None:
             self._poller = _Poller()
             self._wake_r, self._wake_w = socket.socketpair()
@@ -181,12 +200,13 @@ class Runtime:
             self._thread = threading.Thread(target=self._run, name="rcf_sync-loop", daemon=True)
             self._thread.start()
 
-    def _reset_in_child(self):
+    def _reset_in_child(self) -> None:
         # After fork: no loop thread, no workers exist here. Close our copies
         # of the poller and wake-up pair without touching their registrations
         # (the epoll instance is shared with the parent until closed).
         self._cond = threading.Condition(threading.Lock())
-        for obj in (self._wake_r, self._wake_w, self._poller):
+        closing: list[socket.socket | _Poller | None] = [self._wake_r, self._wake_w, self._poller]
+        for obj in closing:
             if obj is not None:
                 try:
                     obj.close()
@@ -199,7 +219,7 @@ class Runtime:
         self.timers.reset_lock()
         self.workers.reset_after_fork()
 
-    def threads(self):
+    def threads(self) -> list[threading.Thread]:
         """The threads of ours alive now (for tests and benchmarks)."""
         out = [t for t in self.workers.threads if t.is_alive()]
         t = self._thread
@@ -209,11 +229,15 @@ class Runtime:
 
     # -- from any thread ----------------------------------------------------
 
-    def post(self, fn, *args):
-        """Run ``fn(*args)`` on the loop thread soon. Never blocks."""
+    def post(self, fn: Callable[..., object], *args: Any, first: bool = False) -> None:
+        """Run ``fn(*args)`` on the loop thread soon (``first``: before what
+        is queued already). Never blocks."""
         ready = self._ready
         was_empty = not ready
-        ready.append((fn, args))
+        if first:
+            ready.appendleft((fn, args))
+        else:
+            ready.append((fn, args))
         # The loop looks at the queue after it marks itself asleep, so only
         # the post that finds the queue empty has to wake it.
         if self._thread is None:
@@ -222,7 +246,8 @@ class Runtime:
         elif was_empty and self._sleeping:
             self.wake()
 
-    def schedule(self, when, fn, args, kw):
+    def schedule(self, when: float, fn: Callable[..., object], args: tuple[Any, ...],
+                 kw: dict[str, Any]) -> DelayedCall:
         """A timer on the loop at monotonic time ``when``."""
         call = self.timers.schedule(when, fn, args, kw)
         if self._thread is None:
@@ -230,7 +255,10 @@ class Runtime:
                 self._ensure_running_locked()
         return call
 
-    def wake(self):
+    def _later(self, delay: float, fn: Callable[[], None]) -> DelayedCall:
+        return self.schedule(time.monotonic() + delay, fn, (), {})
+
+    def wake(self) -> None:
         w = self._wake_w
         if w is not None:
             try:
@@ -238,19 +266,20 @@ class Runtime:
             except OSError:
                 pass
 
-    def _wake_locked(self):
+    def _wake_locked(self) -> None:
         self.wake()
 
-    def in_loop(self):
+    def in_loop(self) -> bool:
         return threading.current_thread() is self._thread
 
     # -- loop thread only -----------------------------------------------------
 
-    def arm(self, sock, kind, callback):
+    def arm(self, sock: socket.socket, kind: str, callback: Callable[[], None]) -> None:
         """Call ``callback()`` on the loop once ``sock`` is ready for ``kind``."""
+        assert self._poller is not None, "arm() outside the running loop"
         self._poller.arm(sock.fileno(), kind, callback)
 
-    def forget(self, sock):
+    def forget(self, sock: socket.socket) -> None:
         poller = self._poller
         if poller is None:
             return
@@ -261,23 +290,28 @@ class Runtime:
         if fd >= 0:
             poller.forget(fd)
 
-    def _drain_wakeups(self):
+    def _drain_wakeups(self) -> None:
+        wake_r, poller = self._wake_r, self._poller
+        assert wake_r is not None and poller is not None
         try:
-            while self._wake_r.recv(4096):
+            while wake_r.recv(4096):
                 pass
         except OSError:
             pass
-        self._poller.arm(self._wake_r.fileno(), READ, self._drain_wakeups)
+        poller.arm(wake_r.fileno(), READ, self._drain_wakeups)
 
-    def _run(self):
-        self._poller.arm(self._wake_r.fileno(), READ, self._drain_wakeups)
+    def _run(self) -> None:
+        poller, wake_r = self._poller, self._wake_r
+        assert poller is not None and wake_r is not None
+        poller.arm(wake_r.fileno(), READ, self._drain_wakeups)
         timers, ready = self.timers, self._ready
         while True:
-            for _ in range(len(ready)):
+            for i in range(len(ready)):
                 fn, args = ready.popleft()
-                _guard(fn, *args)
-            for call in timers.pop_due(time.monotonic()):
-                _guard(call)
+                guard(fn, *args)
+                if i % _TIMER_CHECK_EVERY == _TIMER_CHECK_EVERY - 1:
+                    self._run_due()
+            self._run_due()
             with self._cond:
                 stop = self._users <= 0 and not ready and not len(timers)
                 if stop:
@@ -295,24 +329,26 @@ class Runtime:
             if ready:
                 timeout = 0
             try:
-                callbacks = self._poller.poll(timeout)
+                callbacks = poller.poll(timeout)
             finally:
                 self._sleeping = False
-            for cb in callbacks:
-                _guard(cb)
+            for i, cb in enumerate(callbacks):
+                guard(cb)
+                if i % _TIMER_CHECK_EVERY == _TIMER_CHECK_EVERY - 1:
+                    self._run_due()
 
-    def _stop_locked(self):
-        self._poller.close()
-        self._wake_r.close()
-        self._wake_w.close()
+    def _run_due(self) -> None:
+        # A burst of work (a thousand attempts) must not make every timer due
+        # meanwhile late by the whole burst: they run between its slices.
+        for call in self.timers.pop_due(time.monotonic()):
+            guard(call)
+
+    def _stop_locked(self) -> None:
+        for obj in (self._poller, self._wake_r, self._wake_w):
+            if obj is not None:
+                obj.close()
         self._poller = None
         self._wake_r = self._wake_w = None
         self._thread = None
         self._cond.notify_all()
 
-
-def _guard(fn, *args):
-    try:
-        fn(*args)
-    except Exception:
-        log.exception("unexpected error in the rcf_sync loop running %r", fn)

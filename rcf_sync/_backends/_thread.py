@@ -13,13 +13,23 @@ lease-time check (``_connection``) covers the moments in between. One
 runtime timer arms, every ``ARM_AFTER``, the watches released meanwhile.
 """
 
+from __future__ import annotations
+
+import socket
 import threading
 import time
+from typing import TYPE_CHECKING, Any, Callable
 
 from .._timers import check_delay
 from ._attempt import Attempt
 from ._base import after_fork_in_child, log_negative_delay
 from ._runtime import IDLE, MAX_WORKERS, Runtime
+
+if TYPE_CHECKING:
+    from .._callbacks import UserCode
+    from .._timers import DelayedCall
+    from ._seam import Deliver, Lock, Steps
+    from ._workers import Job
 
 __all__ = ["ThreadBackend", "ThreadClock", "get_runtime", "shared_backend", "MAX_WORKERS"]
 
@@ -33,14 +43,15 @@ class ThreadClock:
     Calls run on the backend's loop thread. A negative delay runs at once
     (logged once). Thread-safe."""
 
-    def __init__(self, runtime):
+    def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
 
-    def seconds(self):
+    def seconds(self) -> float:
         """Monotonic seconds."""
         return time.monotonic()
 
-    def callLater(self, delay, callable, *args, **kw):
+    def callLater(self, delay: float, callable: Callable[..., object], *args: object,
+                  **kw: object) -> DelayedCall:
         """Run ``callable(*args, **kw)`` on the loop thread after ``delay``
         seconds; return a cancellable delayed call."""
         delay = check_delay(delay)
@@ -49,7 +60,7 @@ class ThreadClock:
             delay = 0.0
         return self._runtime.schedule(time.monotonic() + delay, callable, args, kw)
 
-    def getDelayedCalls(self):
+    def getDelayedCalls(self) -> list[DelayedCall]:
         """The pending calls, earliest first."""
         return self._runtime.timers.pending()
 
@@ -57,17 +68,17 @@ class ThreadClock:
 class _Arming:
     """Arms, from the loop, the idle watches released since the last round."""
 
-    def __init__(self, runtime):
+    def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
         self._reset()
         after_fork_in_child(self._reset)
 
-    def _reset(self):
+    def _reset(self) -> None:
         self._lock = threading.Lock()  # guards the two fields below
-        self._queued = []       # watches released since the last round
+        self._queued: list[_IdleWatch] = []  # watches released since the last round
         self._due = False       # a round is scheduled
 
-    def queue(self, watch):
+    def queue(self, watch: _IdleWatch) -> None:
         with self._lock:
             self._queued.append(watch)
             if self._due:
@@ -75,7 +86,7 @@ class _Arming:
             self._due = True
         self._rt.schedule(time.monotonic() + ARM_AFTER, self._round, (), {})
 
-    def _round(self):
+    def _round(self) -> None:
         with self._lock:
             self._due = False
             queued, self._queued = self._queued, []
@@ -92,7 +103,7 @@ class _IdleWatch:
 
     __slots__ = ("_rt", "_sock", "_callback", "_armed", "_queued", "_closed", "_since")
 
-    def __init__(self, runtime, sock, callback):
+    def __init__(self, runtime: Runtime, sock: socket.socket, callback: Callable[[], None]) -> None:
         self._rt = runtime
         self._sock = sock
         self._callback = callback
@@ -102,7 +113,7 @@ class _IdleWatch:
         self._since = 0.0       # when it was last released
         self.rearm()
 
-    def rearm(self):
+    def rearm(self) -> None:
         """Loop: watch now (a new connection, or one found quiet)."""
         if not self._closed and not self._armed:
             self._armed = True
@@ -111,12 +122,12 @@ class _IdleWatch:
             except (OSError, ValueError):
                 self._fire()
 
-    def _fire(self):
+    def _fire(self) -> None:
         self._armed = False
         if not self._closed:
             self._callback()
 
-    def _sweep(self, now):
+    def _sweep(self, now: float) -> None:
         if self._closed or self._armed:
             return
         if now - self._since >= ARM_AFTER / 2:
@@ -125,21 +136,21 @@ class _IdleWatch:
             self._queued = True
             self._rt.arming.queue(self)
 
-    def leased(self):
+    def leased(self) -> None:
         pass  # a watch that fires during a lease only marks itself unarmed
 
-    def released(self):
+    def released(self) -> None:
         self._since = time.monotonic()
         if not self._armed and not self._queued:
             self._queued = True
             self._rt.arming.queue(self)
 
-    def abandon(self):
+    def abandon(self) -> None:
         """After a fork: the registration is the parent's poller's; just
         stop reacting (starts nothing in the child)."""
         self._closed = True
 
-    def close(self):
+    def close(self) -> None:
         """Stop watching (call before closing the socket)."""
         if not self._closed:
             self._closed = True
@@ -153,58 +164,73 @@ class ThreadBackend:
     """Backend running clients on the shared background threads."""
 
     name = "thread"
-    caller_thread = None  # any thread may use its clients
+    caller_thread: int | None = None  # any thread may use its clients
 
-    def __init__(self, runtime):
+    def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
         self.clock = runtime.clock
 
-    lock = staticmethod(threading.Lock)
-    event = staticmethod(threading.Event)
+    def lock(self) -> Lock:
+        return threading.Lock()
 
-    def acquire(self):
+    def event(self) -> threading.Event:
+        return threading.Event()
+
+    thread_ident = staticmethod(threading.get_ident)
+
+    def describe_caller_error(self) -> str:
+        return "any thread may use this client"
+
+    def acquire(self) -> None:
         self._rt.acquire()
 
-    def release(self, timeout=5.0):
+    def release(self, timeout: float = 5.0) -> None:
         self._rt.release(timeout)
 
-    def call_soon(self, fn, *args):
+    def call_soon(self, fn: Callable[..., object], *args: Any) -> None:
         self._rt.post(fn, *args)
 
-    def in_loop(self):
+    def call_first(self, fn: Callable[..., object], *args: Any) -> None:
+        self._rt.post(fn, *args, first=True)
+
+    def in_loop(self) -> bool:
         return self._rt.in_loop()
 
-    def call_later_real(self, seconds, fn, *args):
+    def call_later_real(self, seconds: float, fn: Callable[..., object],
+                        *args: object) -> DelayedCall:
         return self.clock.callLater(seconds, fn, *args)
 
-    def start_attempt(self, steps, timeout, deliver, user_code):
+    def start_attempt(self, steps: Steps, timeout: float | None,
+                      deliver: Callable[[Any, BaseException | None], None],
+                      user_code: UserCode) -> Attempt:
         attempt = Attempt(self._rt, steps, timeout, deliver, user_code)
         attempt.start()
         return attempt
 
-    def run_blocking(self, fn, args, deliver, threaded=False):
+    def run_blocking(self, fn: Callable[..., Any], args: tuple[Any, ...], deliver: Deliver,
+                     threaded: bool = False) -> Job:
         """Run ``fn(*args)`` on a worker; ``deliver(result, exc)`` on the
         loop. Returns a job with ``abandon()``."""
         return self._rt.workers.submit(fn, args, deliver)
 
-    def watch_idle(self, sock, callback):
+    def watch_idle(self, sock: socket.socket, callback: Callable[[], None]) -> _IdleWatch:
         return _IdleWatch(self._rt, sock, callback)
 
-    def settle(self, timeout):
+    def settle(self, timeout: float) -> None:
         pass  # the loop closes what it cancels before it answers
 
-    def threads(self):
+    def threads(self) -> list[threading.Thread]:
         return self._rt.threads()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<ThreadBackend>"
 
 
-_runtime = []
-_shared = []
+_runtime: list[Runtime] = []
+_shared: list[ThreadBackend] = []
 
 
-def get_runtime():
+def get_runtime() -> Runtime:
     """The process-wide thread runtime."""
     if not _runtime:
         rt = Runtime()
@@ -214,7 +240,7 @@ def get_runtime():
     return _runtime[0]
 
 
-def shared_backend():
+def shared_backend() -> ThreadBackend:
     """The process's one :class:`ThreadBackend` (it holds no per-client state)."""
     if not _shared:
         _shared.append(ThreadBackend(get_runtime()))
