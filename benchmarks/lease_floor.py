@@ -259,11 +259,13 @@ def part1(client, blocks, n, window):
     def check_back():
         _handle.lease_check = real_check
 
+    real_enter = _handle.Handle._enter
+
     def enter_off():
-        client._enter = lambda: None
+        _handle.Handle._enter = lambda self: None
 
     def enter_back():
-        del client._enter
+        _handle.Handle._enter = real_enter
 
     def released_off():
         _thread._IdleWatch.released = lambda self: None
