@@ -73,7 +73,7 @@ def _by_function_per_attempt(prof, per, limit=25):
     """(function, calls per attempt, own us per attempt, cumulative us per attempt)."""
     st = pstats.Stats(prof)
     rows = []
-    for (fname, line, func), (cc, nc, tt, ct, _callers) in st.stats.items():
+    for (fname, line, func), (_cc, nc, tt, ct, _callers) in st.stats.items():
         rows.append((tt, ct, nc, f"{os.path.basename(fname)}:{line}({func})"))
     rows.sort(reverse=True)
     out = []
@@ -146,7 +146,6 @@ def child_memory(args):
     time.sleep(0.3)  # idle past ARM_AFTER: every idle watch armed
     gc.collect()
     snap1 = tracemalloc.take_snapshot()
-    traced = tracemalloc.get_traced_memory()[0]
     tracemalloc.stop()
     rss1 = C.rss_kib()
     n = args.n
@@ -428,14 +427,16 @@ def child_pieces(args):
     ep = select.epoll()
     ep.register(a.fileno(), select.EPOLLIN | select.EPOLLONESHOT)
 
-    def rereg(k, fd=a.fileno()):
+    afd = a.fileno()
+
+    def rereg(k, fd=afd):
         for _ in range(k):
             try:
                 ep.register(fd, select.EPOLLOUT | select.EPOLLONESHOT)
             except FileExistsError:
                 ep.modify(fd, select.EPOLLIN | select.EPOLLONESHOT)
 
-    def modify(k, fd=a.fileno()):
+    def modify(k, fd=afd):
         for _ in range(k):
             ep.modify(fd, select.EPOLLIN | select.EPOLLONESHOT)
 

@@ -379,7 +379,8 @@ def main():
         print(f"## N = {n}\n")
         print(C.table(["contender", "connect all (s)", "/ Twisted", "threads +", "kernel threads +",
                        "background threads", "rcf_sync threads", "KiB/client", "/ Twisted",
-                       "traced KiB/client", "/ Twisted", "idle CPU % core", "close all (s)", "background threads after close",
+                       "traced KiB/client", "/ Twisted", "idle CPU % core", "close all (s)",
+                       "background threads after close",
                        "fds left after close"], rows))
         print()
         sys.stdout.flush()

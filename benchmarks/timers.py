@@ -11,7 +11,8 @@ rcf_sync also records when the attempt itself begins on the loop
 (``factory.startedConnecting``). Because a factory subclass is user code
 (run off the loop, in the client's user-code queue), ``thread-own`` and
 ``gevent-own`` measure the library's own factory and connector instead,
-recording due and run times through a wrapping clock passed as ``clock=``. Twisted's reactor (same factory settings,
+recording due and run times through a wrapping clock passed as ``clock=``.
+Twisted's reactor (same factory settings,
 ``startedConnecting`` runs inside ``connect()``) is measured the same way
 for context, and so is the machine's floor: a bare ``epoll.poll()`` sleeping
 until each due time on the same schedule.
