@@ -33,7 +33,7 @@ The contenders run in rotation; the table gives medians over rounds.
 
 import sys
 
-if "--child" in sys.argv and "gevent" in sys.argv:
+if "--child" in sys.argv and any(a.startswith("gevent") for a in sys.argv):
     from gevent import monkey
 
     monkey.patch_all()
@@ -43,7 +43,7 @@ import time
 
 import _common as C
 
-CONTENDERS = ("thread", "gevent", "twisted")
+CONTENDERS = ("thread", "gevent", "thread-own", "gevent-own", "twisted")
 INITIAL_DELAY = 0.05
 
 
@@ -54,6 +54,8 @@ def child_rcf(args):
     random.seed(args.seed)
     from rcf_sync import ReconnectingClient, ReconnectingClientFactory
 
+    own = args.backend.endswith("-own")
+    args.backend = args.backend.split("-")[0]
     if args.backend == "gevent":
         import gevent.event
 
@@ -90,9 +92,41 @@ def child_rcf(args):
                     all_lost.set()
         return on_disconnect
 
+    if own:
+        # The library's own factory, so that its methods run on the loop
+        # (a subclass's are user code, run off the loop): the times are taken
+        # by wrapping the class's own methods in this process only, and the
+        # loss notice is the factory's clientConnectionLost (no on_disconnect).
+        real_reset = ReconnectingClientFactory.resetDelay
+        real_lost = ReconnectingClientFactory.clientConnectionLost
+
+        def resetDelay(self):
+            i = getattr(self, "index", None)
+            if i is not None and armed[0] and back[i] is None:
+                back[i] = time.monotonic()
+            real_reset(self)
+
+        def clientConnectionLost(self, connector, reason):
+            i = getattr(self, "index", None)
+            if i is not None and armed[0] and told[i] is None:
+                told[i] = lost[i] = time.monotonic()
+                lost_count[0] += 1
+                if lost_count[0] == n:
+                    all_lost.set()
+            real_lost(self, connector, reason)
+
+        ReconnectingClientFactory.resetDelay = resetDelay
+        ReconnectingClientFactory.clientConnectionLost = clientConnectionLost
+
     address = (C.HOST, args.port)
     clients = []
     for i in range(n):
+        if own:
+            f = ReconnectingClientFactory(initialDelay=INITIAL_DELAY)
+            f.noisy = False
+            f.index = i
+            clients.append(ReconnectingClient(address, factory=f, backend=args.backend))
+            continue
         f = Timed(initialDelay=INITIAL_DELAY)
         f.index = i
         clients.append(ReconnectingClient(address, factory=f, backend=args.backend,

@@ -14,6 +14,10 @@ child process:
   /proc/self/task; rcf_sync's own threads from ``get_runtime().threads()``);
 * memory per client: VmRSS after all connected minus VmRSS before the
   N clients were built (after the warm-up), over N;
+* Python allocations per client (tracemalloc): a further child per
+  contender and N, not timed (tracemalloc slows the connects), started
+  right before the N clients are built; what is still traced once all are
+  connected and idle, over N (``--no-tracemalloc`` skips it);
 * idle CPU: process CPU time over an idle period (starting 0.5 s after the
   last connection), as % of one core;
 * time to close them all, and threads left afterwards.
@@ -62,6 +66,11 @@ def child_rcf(args):
     os_threads0 = C.os_threads()
     fds0 = C.open_fds()
     rss0 = C.rss_kib()
+    if args.trace:
+        import tracemalloc
+
+        tracemalloc.start(1)
+        traced0 = tracemalloc.get_traced_memory()[0]
     clients = [ReconnectingClient(address, factory=ReconnectingClientFactory(initialDelay=0.05),
                                   backend=args.backend) for _ in range(args.n)]
     t0 = time.perf_counter()
@@ -71,6 +80,16 @@ def child_rcf(args):
     for c in clients:
         c.wait_connected(timeout=max(0.0, deadline - time.perf_counter()))
     connect_s = time.perf_counter() - t0
+    traced = None
+    if args.trace:
+        time.sleep(SETTLE)  # idle watches armed
+        gc.collect()
+        traced = (tracemalloc.get_traced_memory()[0] - traced0) / args.n / 1024
+        tracemalloc.stop()
+        for c in clients + warm:
+            c.close()
+        C.emit({"traced_kib": traced})
+        return
     gc.collect()
     rss1 = C.rss_kib()
     threads1 = threading.active_count()
@@ -166,6 +185,11 @@ def child_twisted(args):
         base["threads0"] = threading.active_count()
         base["os_threads0"] = C.os_threads()
         base["rss0"] = C.rss_kib()
+        if args.trace:
+            import tracemalloc
+
+            tracemalloc.start(1)
+            base["traced0"] = tracemalloc.get_traced_memory()[0]
         mine = [Factory() for _ in range(n)]
         factories.extend(mine)
         state["t0"] = time.perf_counter()
@@ -173,6 +197,9 @@ def child_twisted(args):
             connectors.append(reactor.connectTCP(C.HOST, args.port, f, timeout=30))
 
     def measured():
+        if args.trace:
+            reactor.callLater(SETTLE, traced_done)
+            return
         gc.collect()
         out["kib_per_client"] = (C.rss_kib() - base["rss0"]) / n
         out["threads_delta"] = threading.active_count() - base["threads0"]
@@ -181,6 +208,18 @@ def child_twisted(args):
         out["bg_threads"] = C.os_threads() - 1
         out["server_open"] = C.control(args.ctrl_port, "count")["open"]
         reactor.callLater(SETTLE, idle_start)
+
+    def traced_done():
+        import tracemalloc
+
+        gc.collect()
+        out["traced_kib"] = (tracemalloc.get_traced_memory()[0] - base["traced0"]) / n / 1024
+        tracemalloc.stop()
+        for f in factories:
+            f.stopTrying()
+        for c in connectors:
+            c.disconnect()
+        reactor.stop()
 
     def idle_start():
         c0 = time.process_time()
@@ -206,6 +245,10 @@ def child_twisted(args):
     reactor.callWhenRunning(warm_up)
     reactor.callLater(args.connect_limit + args.idle + 30, give_up)
     reactor.run(installSignalHandlers=False)
+    if args.trace:
+        C.emit({"traced_kib": out.get("traced_kib"), "error": out.get("error")}
+               if "error" in out else {"traced_kib": out.get("traced_kib")})
+        return
     out["threads_after_close"] = threading.active_count() - base.get("threads0", 0)
     out["os_threads_after_close"] = C.os_threads() - base.get("os_threads0", 0)
     out["bg_threads_after_close"] = C.os_threads() - 1
@@ -223,11 +266,11 @@ def child_main(args):
 
 # -- parent -------------------------------------------------------------------------------
 
-def run_one(backend, n, idle, connect_limit):
+def run_one(backend, n, idle, connect_limit, trace=False):
     with C.ServerProcess("select") as server:
         return C.run_child([__file__, "--child", backend, "-n", str(n), "--port", str(server.port),
                             "--ctrl-port", str(server.ctrl_port), "--idle", str(idle),
-                            "--connect-limit", str(connect_limit)],
+                            "--connect-limit", str(connect_limit)] + (["--trace"] if trace else []),
                            timeout=connect_limit + idle + 180)
 
 
@@ -243,6 +286,9 @@ def main():
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--ctrl-port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--connect-limit", type=float, default=120.0, help=argparse.SUPPRESS)
+    p.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-tracemalloc", action="store_true",
+                   help="skip the extra tracemalloc child per contender and N")
     args = p.parse_args()
     if args.child:
         args.backend = args.child
@@ -274,6 +320,17 @@ def main():
                     res = {"error": str(exc)[-300:]}
                 res["round"] = r
                 results.setdefault((contender, n), []).append(res)
+        if not args.no_tracemalloc:
+            # One more child per contender with tracemalloc on (it slows the
+            # connects, so it is not timed): Python allocations still held
+            # per client once all are connected and idle.
+            for contender in contenders:
+                try:
+                    res = run_one(contender, n, idle, 120.0, trace=True)
+                except RuntimeError as exc:
+                    failures.append(f"{contender} N={n} tracemalloc: {str(exc).splitlines()[0]}")
+                    continue
+                results.setdefault((contender, n, "trace"), []).append(res)
 
     targets = []
     for n in sizes:
@@ -282,7 +339,7 @@ def main():
         for contender in contenders:
             runs = [x for x in results.get((contender, n), []) if "error" not in x]
             if not runs:
-                rows.append([contender, "failed"] + [""] * 11)
+                rows.append([contender, "failed"] + [""] * 13)
                 continue
 
             def med(key, runs=runs):
@@ -304,11 +361,16 @@ def main():
                 "close_s": med("close_s"), "after": med("bg_threads_after_close"),
                 "bg": med("bg_threads"), "open": med("server_open"), "fds": med("fds_left"),
             }
+            traced = C.median([x.get("traced_kib") for x in results.get((contender, n, "trace"), [])])
+            traced_tw = C.median([x.get("traced_kib") for x in results.get(("twisted", n, "trace"), [])])
+            row["traced"] = traced
+            row["traced_ratio"] = traced / traced_tw if traced and traced_tw else None
             rows.append([
                 contender, C.fmt(row["connect_s"], ".3f"), C.fmt(row["connect_ratio"], ".2f"),
                 C.fmt(row["threads"], ".0f"), C.fmt(row["os_threads"], ".0f"), C.fmt(row["bg"], ".0f"),
                 C.fmt(row["own"], ".0f"),
-                C.fmt(row["kib"], ".2f"), C.fmt(row["kib_ratio"], ".2f"), C.fmt(row["idle"], ".2f"),
+                C.fmt(row["kib"], ".2f"), C.fmt(row["kib_ratio"], ".2f"),
+                C.fmt(row["traced"], ".2f"), C.fmt(row["traced_ratio"], ".2f"), C.fmt(row["idle"], ".2f"),
                 C.fmt(row["close_s"], ".3f"), C.fmt(row["after"], ".0f"),
                 C.fmt(row["fds"], ".0f", none="n/a"),
             ])
@@ -317,7 +379,8 @@ def main():
         print(f"## N = {n}\n")
         print(C.table(["contender", "connect all (s)", "/ Twisted", "threads +", "kernel threads +",
                        "background threads", "rcf_sync threads", "KiB/client", "/ Twisted",
-                       "idle CPU % core", "close all (s)", "background threads after close",
+                       "traced KiB/client", "/ Twisted", "idle CPU % core", "close all (s)",
+                       "background threads after close",
                        "fds left after close"], rows))
         print()
         sys.stdout.flush()
@@ -345,6 +408,8 @@ def main():
           "process other than the main thread, warm-up included (what the <= 8 target is judged "
           "on); "
           "KiB/client: VmRSS delta over N after 10 warm-up connections, objects built included; "
+          "traced KiB/client: tracemalloc's Python allocations still held per client once all are "
+          "connected and idle (a separate child with tracemalloc on, not timed); "
           "idle CPU: process CPU time over "
           "the idle period / wall; close all: close() of every client (Twisted: stopTrying() and "
           "disconnect() requested); fds left: descriptors still open 0.2 s after closing the N "
