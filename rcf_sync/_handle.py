@@ -373,11 +373,11 @@ class Handle(RunsUserCode, ForkSafe):
             wait = 5.0 if timeout is None else timeout
             deadline = time.monotonic() + wait
             finished = self._on_loop(self._shutdown, timeout=wait, urgent=True)
-            # What the factory is told at close (a subclass's stopTrying and
-            # doStop) runs after user code still running for this handle. A
-            # greenlet running it would outlive close(); a worker thread is
-            # the backend's, and the last release lets it finish first.
-            if finished and not self._trusted and self._backend.name == "gevent":
+            # User code still running for this handle (and what the factory
+            # is told at close, queued after it) would outlive close() in a
+            # greenlet; a worker thread is the backend's, and the last
+            # release lets it finish first.
+            if finished and self._backend.name == "gevent":
                 finished = self._user.wait_drained(max(0.0, deadline - time.monotonic()))
             if not finished:
                 log.warning("%s: close() did not see the background finish within %.1fs",
@@ -562,8 +562,10 @@ class Handle(RunsUserCode, ForkSafe):
         if watch is not None:
             watch.close()
         hb, conn.heartbeat = conn.heartbeat, None
-        if hb is not None and hb.active():
-            hb.cancel()
+        if hb is not None:  # the next heartbeat's timer, or one beating now
+            active = getattr(hb, "active", None)
+            if active is None or active():
+                hb.cancel()
         try:
             conn.sock.close()
         except OSError:
@@ -731,11 +733,14 @@ class Handle(RunsUserCode, ForkSafe):
         work already queued there (``close()`` must not wait behind a
         thousand other clients' attempts)."""
         backend = self._backend
-        if backend.in_loop():
+        if backend.in_loop() or self._caller_thread is not None:
+            # On the gevent backend callers are greenlets of the hub's own
+            # thread (``_enter`` checked), and loop work never blocks: run
+            # between two switches, it cannot interleave with the hub's.
             fn()
             return True
         done = backend.event()
-        failure = []
+        failure: list[BaseException] = []
 
         def run() -> None:
             try:

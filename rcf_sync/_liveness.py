@@ -123,6 +123,7 @@ class Liveness(HandleParts):
             yield UserCall(beat)
 
         def done(_: Any, exc: BaseException | None) -> None:
+            conn.heartbeat = None
             if exc is not None:
                 self._mark_lost(conn, exc)
                 return
@@ -135,4 +136,5 @@ class Liveness(HandleParts):
 
         # Run as an attempt so that a heartbeat that hangs past twice the
         # interval is abandoned (and the connection lost) like a hung connect.
-        self._backend.start_attempt(steps(), interval * 2, done, self._user)
+        # Kept where the timer was, so that closing the connection cancels it.
+        conn.heartbeat = self._backend.start_attempt(steps(), interval * 2, done, self._user)
