@@ -23,7 +23,7 @@ import time
 from ._backends import get_backend
 from ._backends._base import idle_status, peer_gone
 from ._connectors import as_connector
-from ._errors import ClientClosed, ConnectionLost, ConnectTimeout, GaveUp, RCFError
+from ._errors import ClientClosed, ConnectionLost, ConnectTimeout, GaveUp, RCFError, _timeout_compatible
 from ._factory import ReconnectingClientFactory
 from ._state import State
 
@@ -345,6 +345,7 @@ class _Handle:
         return sock
 
     def _describe_error(self, exc):
+        exc = _timeout_compatible(exc)
         if isinstance(exc, TimeoutError) and not isinstance(exc, RCFError):
             return ConnectTimeout(f"connecting to {self.destination} timed out: {exc}",
                                   self.destination, exc)
@@ -524,6 +525,7 @@ class _Handle:
             if watch is not None and not handed and watch.idle_off:
                 watch.resume()
             return False
+        exc = _timeout_compatible(exc)
         with self._lock:
             conn.leased = False
         self._mark_lost(conn, exc, wait=True)

@@ -6,6 +6,8 @@ caller already catches (``ConnectionError``, ``TimeoutError``), carries the
 exception), and pickles with both.
 """
 
+import socket
+
 __all__ = [
     "RCFError",
     "ConnectionLost",
@@ -70,3 +72,14 @@ class AlreadyCalled(RCFError, ValueError):
 class AlreadyCancelled(RCFError, ValueError):
     """A delayed call that was already cancelled was cancelled or
     rescheduled."""
+
+
+def _timeout_compatible(exc):
+    """``exc``, or for a ``socket.timeout`` that is not a ``TimeoutError``
+    (Python 3.9) a ``TimeoutError`` with the same message chained to it, so
+    that a read timeout is reported as one on every supported Python."""
+    if isinstance(exc, socket.timeout) and not isinstance(exc, TimeoutError):
+        timeout = TimeoutError(*exc.args)
+        timeout.__cause__ = exc
+        return timeout
+    return exc

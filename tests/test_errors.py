@@ -2,10 +2,12 @@
 
 import copy
 import pickle
+import socket
 
 import pytest
 
 import rcf_sync
+from rcf_sync._errors import _timeout_compatible
 from rcf_sync import (
     AlreadyCalled,
     AlreadyCancelled,
@@ -129,3 +131,13 @@ def test_errors_are_exported_under_the_package_name():
     for cls in ALL_ERRORS:
         assert getattr(rcf_sync, cls.__name__) is cls
         assert cls.__module__ == "rcf_sync"
+
+
+def test_a_socket_timeout_is_reported_as_a_timeout_error():
+    """If a socket.timeout is made timeout-compatible, then it is a TimeoutError with its message, chained to the original where the two differ (Python 3.9)."""
+    original = socket.timeout("timed out")
+    converted = _timeout_compatible(original)
+    assert isinstance(converted, TimeoutError) and str(converted) == "timed out"
+    assert converted is original or converted.__cause__ is original
+    other = ConnectionResetError("reset")
+    assert _timeout_compatible(other) is other
