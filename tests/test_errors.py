@@ -7,7 +7,6 @@ import socket
 import pytest
 
 import rcf_sync
-from rcf_sync._errors import _timeout_compatible
 from rcf_sync import (
     AlreadyCalled,
     AlreadyCancelled,
@@ -18,6 +17,7 @@ from rcf_sync import (
     NotConnectingError,
     RCFError,
 )
+from rcf_sync._errors import _timeout_compatible
 
 ALL_ERRORS = [
     RCFError,
