@@ -38,7 +38,10 @@ class ReconnectingClient(_Handle):
     ``IReactorTime`` the back-off runs on (default: the backend's real clock;
     a :class:`~rcf_sync.testing.FakeClock` or Twisted's ``task.Clock`` in
     tests). ``on_connect(sock)``: handshake run on every new connection
-    before anyone gets it (raising fails the attempt; its socket operations
+    before anyone gets it; if it returns an object other than ``None``,
+    leases hand out that object instead of the socket (a per-connection
+    session: a parser's state, a protocol object holding the socket), and it
+    is dropped with its connection (raising fails the attempt; its socket operations
     time out after ``on_connect_timeout`` seconds, and the attempt as a whole
     is abandoned after the connector's timeout plus that much).
     ``on_disconnect(reason)``: called after an established connection is
@@ -46,6 +49,11 @@ class ReconnectingClient(_Handle):
     not block). ``heartbeat(sock)`` with ``heartbeat_interval``: run by the
     background on a connection nobody has leased for that long; raising or
     timing out (after ``heartbeat_interval`` seconds) counts as a loss.
+    ``lost_on``: exception classes besides ``OSError`` that mean the stream
+    is broken (``h11.RemoteProtocolError``, a parser's desync error): raised
+    inside a lease they discard the connection and surface as
+    :class:`~rcf_sync.ConnectionLost` chained to them, so :meth:`call` runs
+    again.
 
     Every public method is safe to call from any thread (or, on the gevent
     backend, any greenlet of the hub's thread). Use it as a context manager,
@@ -55,14 +63,14 @@ class ReconnectingClient(_Handle):
     def __init__(self, connector, factory=None, backend="auto", clock=None,
                  on_connect=None, on_disconnect=None, name=None, *,
                  on_connect_timeout=_DEFAULT_HOOK_TIMEOUT, heartbeat=None,
-                 heartbeat_interval=None):
+                 heartbeat_interval=None, lost_on=()):
         if heartbeat is not None and not callable(heartbeat):
             raise ValueError(f"heartbeat must be callable or None, got {heartbeat!r}")
         self._heartbeat_interval = _check_timeout(heartbeat_interval, "heartbeat_interval")
         if heartbeat is not None and not self._heartbeat_interval:
             raise ValueError("heartbeat needs a heartbeat_interval > 0")
         super().__init__(connector, factory, backend, clock, on_connect, on_disconnect, name,
-                         on_connect_timeout)
+                         on_connect_timeout, lost_on)
         self._heartbeat = heartbeat
         self._stamp_use = heartbeat is not None
         self._conn = None
@@ -245,7 +253,7 @@ class ReconnectingClient(_Handle):
                 closed = True
             else:
                 closed = False
-                conn = self._conn = self._new_connection_locked(sock)
+                conn = self._conn = self._new_connection_locked(sock, handle.session)
                 self._handoff_locked(conn)
                 self._set_state(Event.CONNECTED)
         if closed:
@@ -326,7 +334,7 @@ class ReconnectingClient(_Handle):
         def beat(sock=conn.sock):
             sock.settimeout(self._heartbeat_interval)
             try:
-                self._heartbeat(sock)
+                self._heartbeat(conn.session)
             finally:
                 sock.settimeout(None)
 
@@ -387,7 +395,7 @@ class ReconnectingClient(_Handle):
     # -- caller side -----------------------------------------------------------
 
     def _lease_until(self, deadline):
-        lease = _Lease(self, None)
+        lease = _Lease(self, None, raw=True)
         lease._timeout = None if deadline is None else max(0.0, _remaining(deadline))
         return lease
 

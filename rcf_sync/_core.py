@@ -61,11 +61,13 @@ class Stats:
 
 
 class _Connection:
-    __slots__ = ("sock", "watch", "leased", "dead", "peer_closed", "serial",
+    __slots__ = ("sock", "session", "watch", "leased", "dead", "peer_closed", "serial",
                  "heartbeat", "last_used")
 
-    def __init__(self, sock, serial):
+    def __init__(self, sock, serial, session=None):
         self.sock = sock
+        # What a lease hands out: on_connect's return value, or the socket.
+        self.session = sock if session is None else session
         self.serial = serial
         self.watch = None
         self.leased = False
@@ -87,6 +89,20 @@ def _check_timeout(timeout, what="timeout"):
     return float(timeout)
 
 
+def _check_lost_on(lost_on):
+    """``lost_on`` as a tuple of exception classes (``ValueError`` otherwise)."""
+    if isinstance(lost_on, type):
+        lost_on = (lost_on,)
+    try:
+        classes = tuple(lost_on)
+    except TypeError:
+        raise ValueError(f"lost_on must be an exception class or a tuple of them, got {lost_on!r}") from None
+    for cls in classes:
+        if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+            raise ValueError(f"lost_on must hold exception classes, got {cls!r}")
+    return classes
+
+
 def _deadline(timeout):
     timeout = _check_timeout(timeout)
     return None if timeout is None else time.monotonic() + timeout
@@ -100,18 +116,19 @@ class _Lease:
     """What ``client.connection()`` returns: a context manager lending the
     socket to one caller."""
 
-    __slots__ = ("_client", "_timeout", "_conn")
+    __slots__ = ("_client", "_timeout", "_conn", "_raw")
 
-    def __init__(self, client, timeout):
+    def __init__(self, client, timeout, raw=False):
         self._client = client
         self._timeout = None if timeout is None else _check_timeout(timeout)
         self._conn = None
+        self._raw = raw  # hand out the socket even when on_connect made a session
 
     def __enter__(self):
         timeout = self._timeout
         self._conn = conn = self._client._acquire(
             None if timeout is None else time.monotonic() + timeout)
-        return conn.sock
+        return conn.sock if self._raw else conn.session
 
     def __exit__(self, exc_type, exc, tb):
         conn, self._conn = self._conn, None
@@ -123,7 +140,7 @@ class _Handle:
     :class:`~rcf_sync.ReconnectingPool` (not public)."""
 
     def __init__(self, connector, factory, backend, clock, on_connect, on_disconnect, name,
-                 on_connect_timeout):
+                 on_connect_timeout, lost_on=()):
         if factory is None:
             factory = ReconnectingClientFactory()
         for method in ("clientConnectionFailed", "clientConnectionLost", "resetDelay", "stopTrying"):
@@ -136,6 +153,7 @@ class _Handle:
                                       and callable(getattr(clock, "seconds", None))):
             raise ValueError(f"clock must provide seconds() and callLater(), got {clock!r}")
         self._on_connect_timeout = _check_timeout(on_connect_timeout, "on_connect_timeout")
+        self._lost_on = _check_lost_on(lost_on)
         self._connector = as_connector(connector)
         self._backend = get_backend(backend)
         self.factory = factory
@@ -224,24 +242,27 @@ class _Handle:
                     f"{self.name} did not reach {'/'.join(s.name for s in states)} in time "
                     f"(state {self._state.name})", self.destination) from None
 
-    def call(self, fn, *args, attempts=None, timeout=None, **kwargs):
-        """Run ``fn(sock, *args, **kwargs)`` under a lease and return its
-        result; when the connection dies under it (``ConnectionLost``), wait
-        for the next connection and run ``fn`` again, up to ``attempts``
-        runs in all (``None``: as often as ``timeout`` allows). Only for
-        idempotent work. ``timeout`` bounds the whole call, waits included."""
+    def call(self, fn, *args, attempts=None, timeout=None, lost_on=(), **kwargs):
+        """Run ``fn(conn, *args, **kwargs)`` under a lease and return its
+        result (``conn``: what :meth:`connection` hands out); when the
+        connection dies under it (``ConnectionLost``: an ``OSError``, or an
+        exception of ``lost_on`` here or on the handle), wait for the next
+        connection and run ``fn`` again, up to ``attempts`` runs in all
+        (``None``: as often as ``timeout`` allows). Only for idempotent work.
+        ``timeout`` bounds the whole call, waits included."""
         if attempts is not None and (not isinstance(attempts, numbers.Integral) or attempts < 1):
             raise ValueError(f"attempts must be an integer >= 1 or None, got {attempts!r}")
         deadline = None if timeout is None else _deadline(timeout)
+        extra = _check_lost_on(lost_on) if lost_on else ()
         runs = 0
         while True:
             runs += 1
             conn = self._acquire(deadline)
             try:
-                result = fn(conn.sock, *args, **kwargs)
+                result = fn(conn.session, *args, **kwargs)
             except BaseException as exc:
                 try:
-                    self._release(conn, exc)
+                    self._release(conn, exc, extra)
                 except ConnectionLost:
                     if attempts is not None and runs >= attempts:
                         raise
@@ -328,20 +349,22 @@ class _Handle:
     def _launch(self, handle, deliver):
         """Loop: start an attempt; ``deliver(handle, sock, exc)`` on the loop."""
         handle.attempt = self._backend.start_attempt(
-            self._steps(), self._attempt_timeout(), lambda sock, exc: deliver(handle, sock, exc)
+            self._steps(handle), self._attempt_timeout(), lambda sock, exc: deliver(handle, sock, exc)
         )
 
-    def _steps(self):
+    def _steps(self, handle):
         sock = yield from self._connector._attempt()
         sock = yield ("adopt", sock)
+        session = None
         if self._on_connect is not None:
             try:
                 sock.settimeout(self._on_connect_timeout)
-                yield ("hook", self._on_connect, sock)
+                session = yield ("hook", self._on_connect, sock)
                 sock.settimeout(None)
             except BaseException:
                 _abort_socket(sock)  # also wakes a hook still blocked on it
                 raise
+        handle.session = session
         return sock
 
     def _describe_error(self, exc):
@@ -351,10 +374,10 @@ class _Handle:
                                   self.destination, exc)
         return exc
 
-    def _new_connection_locked(self, sock):
+    def _new_connection_locked(self, sock, session=None):
         self._serial += 1
         self._stats.connects += 1
-        return _Connection(sock, self._serial)
+        return _Connection(sock, self._serial, session)
 
     def _watch(self, conn):
         conn.watch = watch = self._backend.watch_idle(conn.sock, lambda: self._idle_event(conn))
@@ -494,9 +517,10 @@ class _Handle:
             self.destination, self._stats.last_error,
         )
 
-    def _release(self, conn, exc):
+    def _release(self, conn, exc, lost_on=()):
         """End a lease. Returns False (do not swallow); raises
-        ``ConnectionLost`` (chained) for an ``OSError`` that is not ours."""
+        ``ConnectionLost`` (chained) for an ``OSError`` that is not ours, or
+        an exception of ``lost_on`` (the handle's or ``lost_on``)."""
         sock = conn.sock
         if exc is None:
             try:
@@ -531,7 +555,8 @@ class _Handle:
         self._mark_lost(conn, exc, wait=True)
         if self._closed and not isinstance(exc, RCFError):
             raise ClientClosed(f"{self.name} was closed during the request", self.destination, exc) from exc
-        if isinstance(exc, OSError) and not isinstance(exc, RCFError):
+        if (isinstance(exc, (OSError,) + self._lost_on + lost_on)
+                and not isinstance(exc, RCFError)):
             raise ConnectionLost(
                 f"connection to {self.destination} lost: {type(exc).__name__}: {exc}",
                 self.destination, exc,
@@ -661,10 +686,11 @@ class _TrackingClock:
 class _Pending:
     """The client's handle on an attempt the backend is driving."""
 
-    __slots__ = ("attempt",)
+    __slots__ = ("attempt", "session")
 
     def __init__(self):
         self.attempt = None
+        self.session = None  # what on_connect returned
 
     def cancel(self):
         if self.attempt is not None:

@@ -36,11 +36,11 @@ class ReconnectingPool(_Handle):
 
     def __init__(self, connector, size, factory=None, backend="auto", clock=None,
                  on_connect=None, on_disconnect=None, name=None, *,
-                 on_connect_timeout=_DEFAULT_HOOK_TIMEOUT):
+                 on_connect_timeout=_DEFAULT_HOOK_TIMEOUT, lost_on=()):
         if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
             raise ValueError(f"size must be an integer >= 1, got {size!r}")
         super().__init__(connector, factory, backend, clock, on_connect, on_disconnect, name,
-                         on_connect_timeout)
+                         on_connect_timeout, lost_on)
         self.size = int(size)
         self._keeps_idle = True
         self._idle = collections.deque()
@@ -167,7 +167,7 @@ class ReconnectingPool(_Handle):
         with self._lock:
             self._backoff = False
             self._stopped = False
-            conn = self._new_connection_locked(sock)
+            conn = self._new_connection_locked(sock, handle.session)
             self._conns.add(conn)
             if not self._handoff_locked(conn):
                 self._idle.append(conn)
