@@ -146,7 +146,7 @@ def test_load_across_sigkill_restarts_never_mixes_replies(kit, redis, no_leaks):
 
         workers = [kit.spawn(worker, n) for n in range(workers_n)]
         for mark in sorted(marks):
-            assert kit.block(marks[mark].wait, 30), f"only {done[0]} of {mark} requests done"
+            assert marks[mark].wait(30), f"only {done[0]} of {mark} requests done"
             kit.block(redis.restart)
         kit.join_all(workers, 60)
         stats = c.stats
@@ -332,7 +332,7 @@ def test_keepalive_across_nginx_restarts(kit, nginx, http, handle, no_leaks):
 
         workers = [kit.spawn(worker, n) for n in range(workers_n)]
         for mark in sorted(marks):
-            assert kit.block(marks[mark].wait, 30), f"only {done[0]} of {mark} requests done"
+            assert marks[mark].wait(30), f"only {done[0]} of {mark} requests done"
             kit.block(nginx.restart)
         kit.join_all(workers, 60)
         stats = c.stats
