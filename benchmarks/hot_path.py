@@ -197,7 +197,7 @@ def measure(run, n):
 
 def interleave(variants, blocks, n):
     """variants: list of (name, run). Returns {name: [[wall, cpu, pcpu], ...]}."""
-    for name, run in variants:  # warm-up, not recorded
+    for _name, run in variants:  # warm-up, not recorded
         run(max(50, n // 5))
     results = {name: [] for name, _ in variants}
     k = len(variants)
@@ -317,7 +317,7 @@ def fixed_costs(client, n, blocks=9):
              ("sock.gettimeout()", gettimeout), ("with client.connection(): pass", lease),
              ("client.call(noop)", call)]
     per = {name: [] for name, _ in cases}
-    for b in range(blocks):
+    for _block in range(blocks):
         for name, fn in cases:
             c0 = time.thread_time()
             fn(n)

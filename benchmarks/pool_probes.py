@@ -13,7 +13,6 @@ import argparse
 import socket
 import sys
 import threading
-import time
 
 from rcf_sync import ReconnectingClient, ReconnectingClientFactory, ReconnectingPool
 

@@ -209,11 +209,11 @@ def analyse(res):
     lost = res["lost"]
     told = res.get("told", lost)  # Twisted: clientConnectionLost is both
     back = res["back"]
-    notice_own = [(l - closes[p]) * 1e3 for l, p in zip(lost, res["ports"])
-                  if l is not None and p in closes]
-    told_own = [(l - closes[p]) * 1e3 for l, p in zip(told, res["ports"])
-                if l is not None and p in closes]
-    notice_drop = [(l - drop_t0) * 1e3 for l in lost if l is not None]
+    notice_own = [(t - closes[p]) * 1e3 for t, p in zip(lost, res["ports"])
+                  if t is not None and p in closes]
+    told_own = [(t - closes[p]) * 1e3 for t, p in zip(told, res["ports"])
+                if t is not None and p in closes]
+    notice_drop = [(t - drop_t0) * 1e3 for t in lost if t is not None]
     back_ms = [(b - drop_t0) * 1e3 for b in back if b is not None]
     accepts = [a for a in res["accepts"] if a >= drop_t0]
     n = len(lost)
@@ -294,7 +294,7 @@ def main():
                 rows.append([contender, "failed"] + [""] * 10)
                 continue
 
-            def med(key):
+            def med(key, runs=runs):
                 return C.median([x[key] for x in runs])
 
             ratios = []

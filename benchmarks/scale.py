@@ -284,10 +284,11 @@ def main():
             if not runs:
                 rows.append([contender, "failed"] + [""] * 11)
                 continue
-            def med(key):
+
+            def med(key, runs=runs):
                 return C.median([x.get(key) for x in runs])
 
-            def ratio(key):
+            def ratio(key, runs=runs, tw=tw):
                 vals = []
                 for x in runs:
                     t = next((y for y in tw if y.get("round") == x["round"] and key in y), None)

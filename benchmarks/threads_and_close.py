@@ -14,7 +14,6 @@ import resource
 import socket
 import statistics
 import sys
-import threading
 import time
 
 import rcf_sync
@@ -34,7 +33,7 @@ def _serve(port_q, stop):
     port_q.put(lst.getsockname()[1])
     conns = []
     while not stop.is_set():
-        for key, _ in sel.select(0.1):
+        for _key, _ in sel.select(0.1):
             try:
                 c, _ = lst.accept()
                 conns.append(c)

@@ -252,7 +252,7 @@ def main():
                 rows.append([contender, n, "failed"] + [""] * 7)
                 continue
 
-            def med(key):
+            def med(key, runs=runs):
                 return C.median([x[key] for x in runs])
 
             rows.append([contender, n, C.fmt(med("samples"), ".0f"), C.fmt(med("rate"), ".0f"),

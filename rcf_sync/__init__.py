@@ -5,16 +5,7 @@ back-off and jitter, run by a background thread or gevent greenlet, handed to
 blocking code as a plain socket.
 """
 
-from ._errors import (
-    AlreadyCalled,
-    AlreadyCancelled,
-    ClientClosed,
-    ConnectionLost,
-    ConnectTimeout,
-    GaveUp,
-    NotConnectingError,
-    RCFError,
-)
+from ._address import IPv4Address, IPv6Address
 from ._client import ReconnectingClient, Stats
 from ._connectors import (
     Connector,
@@ -24,8 +15,23 @@ from ._connectors import (
     UNIXAddress,
     UNIXConnector,
 )
+from ._errors import (
+    AlreadyCalled,
+    AlreadyCancelled,
+    ClientClosed,
+    ConnectionAborted,
+    ConnectionDone,
+    ConnectionLost,
+    ConnectTimeout,
+    GaveUp,
+    NotConnectingError,
+    RCFError,
+)
 from ._factory import ReconnectingClientFactory
+from ._failure import Failure
+from ._interfaces import IConnector, IDelayedCall, IReactorTime
 from ._pool import ReconnectingPool
+from ._protocol import Protocol
 from ._state import State
 from ._version import __version__
 
@@ -40,9 +46,18 @@ __all__ = [
     "SocketFactoryConnector",
     "TCPAddress",
     "UNIXAddress",
+    "IPv4Address",
+    "IPv6Address",
+    "Protocol",
+    "Failure",
+    "IReactorTime",
+    "IDelayedCall",
+    "IConnector",
     "State",
     "RCFError",
     "ConnectionLost",
+    "ConnectionDone",
+    "ConnectionAborted",
     "ConnectTimeout",
     "GaveUp",
     "ClientClosed",
@@ -51,6 +66,11 @@ __all__ = [
     "AlreadyCancelled",
     "__version__",
 ]
+
+from . import _factory
+from ._backends import default_clock as _default_clock
+
+_factory.default_clock_provider = _default_clock
 
 for _name in __all__:
     _obj = globals()[_name]

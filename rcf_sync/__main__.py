@@ -1,3 +1,5 @@
+"""``python -m rcf_sync``: the command line (see :mod:`rcf_sync._cli`)."""
+
 import sys
 
 from ._cli import main

@@ -15,6 +15,8 @@ Exit codes: 0 success; 1 failure, timeout, gave up or interrupted; 2 bad
 arguments. Every error is one line on stderr, ``rcf-sync: error: ...``.
 """
 
+from __future__ import annotations
+
 import argparse
 import json
 import math
@@ -23,10 +25,13 @@ import re
 import shutil
 import sys
 import textwrap
+from collections.abc import Sequence
+from typing import Any, Callable, NoReturn, TextIO
 
 from ._factory import ReconnectingClientFactory
 from ._policy import JITTER_MODES
 from ._simulate import policy_of, sample_schedule, simulate_herd
+from ._version import __version__
 
 __all__ = ["main", "parse_host_port"]
 
@@ -48,7 +53,7 @@ exit codes:
 
 # Policy options: (flag, factory attribute, argparse type, metavar, help).
 _D = ReconnectingClientFactory
-_POLICY_OPTIONS = (
+_POLICY_OPTIONS: tuple[tuple[str, str, type, str, str], ...] = (
     ("--initial-delay", "initialDelay", float, "S",
      f"first back-off delay in seconds (default: {_D.initialDelay})"),
     ("--factor", "factor", float, "F",
@@ -74,19 +79,19 @@ class UsageError(Exception):
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line: ``rcf-sync: error: ...``."""
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
 
 
-def _integer(text):
+def _integer(text: str) -> int:
     try:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
-def _int_at_least(minimum):
-    def convert(text):
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def convert(text: str) -> int:
         value = _integer(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {text}")
@@ -94,7 +99,7 @@ def _int_at_least(minimum):
     return convert
 
 
-def _seconds(text):
+def _seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -104,14 +109,14 @@ def _seconds(text):
     return value
 
 
-def _positive_seconds(text):
+def _positive_seconds(text: str) -> float:
     value = _seconds(text)
     if value == 0:
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return value
 
 
-def _float(text):
+def _float(text: str) -> float:
     try:
         return float(text)
     except ValueError:
@@ -121,7 +126,7 @@ def _float(text):
 _PORT = re.compile(r"[0-9]+\Z")
 
 
-def parse_host_port(text):
+def parse_host_port(text: str) -> tuple[str, int]:
     """Split ``"host:port"`` or ``"[v6addr]:port"`` into ``(host, port)``.
 
     The brackets around an IPv6 address are removed; the port becomes an
@@ -158,14 +163,14 @@ def parse_host_port(text):
     return host, number
 
 
-def _host_port_arg(text):
+def _host_port_arg(text: str) -> tuple[str, int]:
     try:
         return parse_host_port(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _policy_parent():
+def _policy_parent() -> _Parser:
     parent = _Parser(add_help=False)
     group = parent.add_argument_group("back-off policy (ReconnectingClientFactory attributes)")
     for flag, attribute, kind, metavar, text in _POLICY_OPTIONS:
@@ -178,7 +183,7 @@ def _policy_parent():
     return parent
 
 
-def _parser():
+def _parser() -> _Parser:
     parent = _policy_parent()
     parser = _Parser(
         prog=PROG,
@@ -186,9 +191,11 @@ def _parser():
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}",
+                        help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name, summary, description):
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
         width = min(shutil.get_terminal_size().columns, 80) - 2
         description = "\n\n".join(
             textwrap.fill(paragraph, width) for paragraph in description.split("\n\n")
@@ -248,11 +255,11 @@ def _parser():
     return parser
 
 
-def _build_factory(args):
+def _build_factory(args: argparse.Namespace) -> ReconnectingClientFactory:
     """The factory the policy options describe; ``UsageError`` when a value
     is rejected, naming the option."""
-    kwargs = {}
-    for flag, attribute, *_ in _POLICY_OPTIONS:
+    kwargs: dict[str, Any] = {}
+    for _flag, attribute, *_ in _POLICY_OPTIONS:
         value = getattr(args, attribute, None)
         if value is not None:
             kwargs[attribute] = value
@@ -266,7 +273,7 @@ def _build_factory(args):
         raise UsageError(message) from None
 
 
-def _herd_policy(factory):
+def _herd_policy(factory: ReconnectingClientFactory) -> dict[str, Any]:
     """The factory's policy minus ``jitterMode``, which the herd varies."""
     policy = policy_of(factory)
     del policy["jitterMode"]
@@ -275,7 +282,7 @@ def _herd_policy(factory):
 
 # -- formatting ----------------------------------------------------------------
 
-def format_seconds(seconds):
+def format_seconds(seconds: float | None) -> str:
     """A duration for people: ``"50.0ms"``, ``"2.72s"``, ``"1m 13s"``,
     ``"1h 00m"``, ``"2d 03h"``."""
     if seconds is None:
@@ -302,16 +309,15 @@ def format_seconds(seconds):
     return f"{hours // 24}d {hours % 24:02d}h"
 
 
-def _describe_policy(policy):
+def _describe_policy(policy: dict[str, Any]) -> str:
     parts = []
     for name, value in policy.items():
-        if isinstance(value, float):
-            value = f"{value:g}"
-        parts.append(f"{name}={value}")
+        text = f"{value:g}" if isinstance(value, float) else value
+        parts.append(f"{name}={text}")
     return " ".join(parts)
 
 
-def _table(headers, rows, align):
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], align: str) -> list[str]:
     """Rows of strings as aligned columns; ``align`` holds '<' or '>' per column."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
     lines = []
@@ -321,7 +327,7 @@ def _table(headers, rows, align):
     return lines
 
 
-def _bar_chart(labels, values, texts, width):
+def _bar_chart(labels: list[str], values: list[float], texts: list[str], width: int) -> list[str]:
     """Horizontal bars of '#', the longest filling what ``width`` leaves."""
     label_w = max(len(label) for label in labels)
     text_w = max(len(text) for text in texts)
@@ -336,7 +342,7 @@ def _bar_chart(labels, values, texts, width):
     return lines
 
 
-def _print_schedule(result, out, width):
+def _print_schedule(result: dict[str, Any], out: TextIO, width: int) -> None:
     print(f"policy: {_describe_policy(result['policy'])}", file=out)
     print(f"{result['samples']} samples, seed {result['seed']}", file=out)
     print(file=out)
@@ -380,7 +386,7 @@ def _print_schedule(result, out, width):
             print(line, file=out)
 
 
-def _print_herd(report, out):
+def _print_herd(report: dict[str, Any], out: TextIO) -> None:
     n, down, window = report["clients"], report["down"], report["window"]
     print(f"{n} clients lose the server at t=0; it is back at t={format_seconds(down)}.",
           file=out)
@@ -404,7 +410,7 @@ def _print_herd(report, out):
 
 # -- commands ------------------------------------------------------------------
 
-def _cmd_schedule(args, out):
+def _cmd_schedule(args: argparse.Namespace, out: TextIO) -> int:
     factory = _build_factory(args)
     if args.clients is None:
         if args.down is not None:
@@ -427,7 +433,7 @@ def _cmd_schedule(args, out):
             raise UsageError(f"argument {flag}: does not apply with --clients")
     policy = _herd_policy(factory)
     down = 30.0 if args.down is None else args.down
-    modes = {}
+    modes: dict[str, dict[str, Any]] = {}
     for mode in JITTER_MODES:
         try:
             modes[mode] = simulate_herd(args.clients, down=down, policy=policy,
@@ -450,7 +456,7 @@ def _cmd_schedule(args, out):
     return EXIT_OK
 
 
-def _cmd_wait(args, out):
+def _cmd_wait(args: argparse.Namespace, out: TextIO) -> int:
     factory = _build_factory(args)
     from ._demo import run_wait
 
@@ -458,7 +464,7 @@ def _cmd_wait(args, out):
     return run_wait(factory, host, port, args.timeout, args.tls, out)
 
 
-def _cmd_demo(args, out):
+def _cmd_demo(args: argparse.Namespace, out: TextIO) -> int:
     if args.initialDelay is None:
         args.initialDelay = DEMO_INITIAL_DELAY
     factory = _build_factory(args)
@@ -467,15 +473,16 @@ def _cmd_demo(args, out):
     return run_demo(factory, args.duration, out)
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``);
     return the exit code."""
     try:
         args = _parser().parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    handler: Callable[[argparse.Namespace, TextIO], int] = args.handler
     try:
-        return args.handler(args, sys.stdout)
+        return handler(args, sys.stdout)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

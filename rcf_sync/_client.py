@@ -1,24 +1,26 @@
 """``ReconnectingClient``: the blocking handle on one connection.
 
 The loop side (attempts, the factory, losses) and the caller side (leases)
-are described in ``_core``; this module adds the single connection, the
+are described in ``_handle``; this module adds the single connection, the
 state table of ``_state`` and the operations on the handle itself.
 """
 
 import numbers
-import time
 
-from ._core import (
+from ._connection import Owner
+from ._errors import GaveUp
+from ._handle import (
     _DEFAULT_HOOK_TIMEOUT,
+    Handle,
     Stats,
     _check_timeout,
     _deadline,
-    _Handle,
     _Lease,
+    _live,
     _Pending,
     _remaining,
 )
-from ._errors import GaveUp
+from ._liveness import Liveness
 from ._state import Event, State, transition
 
 __all__ = ["ReconnectingClient", "Stats"]
@@ -26,7 +28,7 @@ __all__ = ["ReconnectingClient", "Stats"]
 _MAX_BUFSIZE = 64 * 1024 * 1024
 
 
-class ReconnectingClient(_Handle):
+class ReconnectingClient(Liveness, Handle):
     """A connection that re-establishes itself, for blocking code.
 
     ``connector``: ``(host, port)``, a Unix socket path, a
@@ -35,18 +37,23 @@ class ReconnectingClient(_Handle):
     :class:`~rcf_sync.ReconnectingClientFactory` that decides the back-off
     (default: Twisted's defaults). ``backend``: ``"thread"``, ``"gevent"`` or
     ``"auto"`` (gevent when ``socket`` is monkey-patched). ``clock``: the
-    ``IReactorTime`` the back-off runs on (default: the backend's real clock;
-    a :class:`~rcf_sync.testing.FakeClock` or Twisted's ``task.Clock`` in
-    tests). ``on_connect(sock)``: handshake run on every new connection
-    before anyone gets it; if it returns an object other than ``None``,
-    leases hand out that object instead of the socket (a per-connection
-    session: a parser's state, a protocol object holding the socket), and it
-    is dropped with its connection (raising fails the attempt; its socket operations
-    time out after ``on_connect_timeout`` seconds, and the attempt as a whole
-    is abandoned after the connector's timeout plus that much).
+    ``IReactorTime`` the back-off runs on (default: the factory's ``clock``
+    if it has one, else the backend's real clock; a
+    :class:`~rcf_sync.testing.FakeClock` or Twisted's ``task.Clock`` in
+    tests; ``ValueError`` if the factory has a different one). While the
+    client runs, ``factory.clock`` is a thin wrapper of that clock that
+    remembers what the factory scheduled; ``close()`` gives the factory its
+    own clock back.
+
+    ``on_connect(sock)``: handshake run on every new connection before
+    anyone gets it; if it returns an object other than ``None``, leases hand
+    out that object instead of the socket (a per-connection session: a
+    parser's state, a protocol object holding the socket), dropped with its
+    connection. Raising fails the attempt; its socket operations time out
+    after ``on_connect_timeout`` seconds, and the attempt as a whole is
+    abandoned after the connector's timeout plus that much.
     ``on_disconnect(reason)``: called after an established connection is
-    lost (on the thread backend it runs on the shared loop thread and must
-    not block). ``heartbeat(sock)`` with ``heartbeat_interval``: run by the
+    lost. ``heartbeat(conn)`` with ``heartbeat_interval``: run by the
     background on a connection nobody has leased for that long; raising or
     timing out (after ``heartbeat_interval`` seconds) counts as a loss.
     ``lost_on``: exception classes besides ``OSError`` that mean the stream
@@ -55,9 +62,21 @@ class ReconnectingClient(_Handle):
     :class:`~rcf_sync.ConnectionLost` chained to them, so :meth:`call` runs
     again.
 
-    Every public method is safe to call from any thread (or, on the gevent
-    backend, any greenlet of the hub's thread). Use it as a context manager,
-    or call :meth:`start` and :meth:`close`.
+    User code (the hooks above, socket factories, the methods of a factory
+    subclass) runs in order, never two at once for one client, and never on
+    the loop the process's clients share, so it may block. Apart from
+    ``on_connect``, socket factories and ``heartbeat`` (whose exceptions mean
+    a failed attempt or a loss), user code that raises is logged once and
+    stops the client: ``STOPPED``, ``stats.last_error`` is the exception,
+    waiters get :class:`~rcf_sync.GaveUp` chained to it, and
+    :meth:`reconnect_now` starts again.
+
+    Every public method is safe to call from any thread (on the gevent
+    backend: from greenlets of the hub's thread; another thread gets a
+    ``RuntimeError`` saying so). Use it as a context manager, or call
+    :meth:`start` and :meth:`close`. After ``os.fork()`` the child's copy
+    drops the parent's connection (closing its descriptor only, so the
+    parent's stream is untouched) and makes its own on first use.
     """
 
     def __init__(self, connector, factory=None, backend="auto", clock=None,
@@ -71,12 +90,13 @@ class ReconnectingClient(_Handle):
             raise ValueError("heartbeat needs a heartbeat_interval > 0")
         super().__init__(connector, factory, backend, clock, on_connect, on_disconnect, name,
                          on_connect_timeout, lost_on)
-        self._heartbeat = heartbeat
+        self._heartbeat = heartbeat            # immutable
         self._stamp_use = heartbeat is not None
-        self._conn = None
-        self._attempt = None
-        self._attempts_started = 0
+        # Under the lock:
+        self._conn = None                      # the live Connection, or None
+        self._attempt = None                   # the _Pending attempt, or None
         self._connect_requested = False
+        self._attempts_started = 0
 
     def __repr__(self):
         return f"<ReconnectingClient {self.name!r} {self._state.name} backend={self._backend.name}>"
@@ -84,6 +104,7 @@ class ReconnectingClient(_Handle):
     def start(self):
         """Start connecting (the first attempt begins at once); returns
         ``self``. ``RuntimeError`` if already started or closed."""
+        self._enter()
         with self._lock:
             if self._state is not State.IDLE:
                 raise RuntimeError(f"{self!r} was already started")
@@ -92,6 +113,7 @@ class ReconnectingClient(_Handle):
             self._connect_requested = True
         self._track_factory_clock()
         self._backend.acquire()
+        _live.add(self)
         self._backend.call_soon(self._attempt_now)
         return self
 
@@ -107,12 +129,13 @@ class ReconnectingClient(_Handle):
         if fail_after_failures is not None and (
                 not isinstance(fail_after_failures, numbers.Integral) or fail_after_failures < 1):
             raise ValueError(f"fail_after_failures must be an integer >= 1, got {fail_after_failures!r}")
+        self._enter()
         with self._lock:
             first = self._failures
         while True:
             with self._lock:
                 conn = self._conn
-                if conn is not None and not conn.dead:
+                if conn is not None and conn.owner is not Owner.DEAD:
                     return conn.sock
                 self._raise_if_hopeless_locked()
                 if fail_after_failures is not None and self._failures - first >= fail_after_failures:
@@ -164,12 +187,13 @@ class ReconnectingClient(_Handle):
         if self._not_running():
             self.factory.resetDelay()
             return
-        self._on_loop(self.factory.resetDelay)
+        self._on_loop(lambda: self._factory_calls([("resetDelay", ())]))
 
     def reconnect_now(self):
-        """Skip the back-off wait and attempt now; from ``STOPPED``, reset the
-        factory and start trying again. No effect while connecting or
-        connected; none before :meth:`start` or after :meth:`close`."""
+        """Skip the back-off wait and attempt now; from ``STOPPED`` (also
+        after user code raised), reset the factory and start trying again.
+        No effect while connecting or connected; none before :meth:`start`
+        or after :meth:`close`."""
         if self._not_running():
             return
         self._on_loop(self._do_reconnect_now)
@@ -177,16 +201,17 @@ class ReconnectingClient(_Handle):
     def _not_running(self):
         # Before start() and after close() there is no loop work to do (and,
         # before start(), maybe no loop at all).
+        self._enter()
         return self._closed or self._state is State.IDLE
 
     def _closing_locked(self):
         self._set_state(Event.CLOSE)
 
-    # -- connector side (IConnector calls land here) --------------------------
+    # -- connector side (IConnector calls land here, from any thread) ----------
 
     def _connector_connect(self, connector):
         with self._lock:
-            if self._closed:
+            if self._closed or self._halted is not None:
                 return
             self._connect_requested = True
             # Seen at once by whoever called connect() (a clock being advanced).
@@ -195,29 +220,37 @@ class ReconnectingClient(_Handle):
         self._backend.call_soon(self._attempt_now)
 
     def _connector_stop_connecting(self, connector):
-        # Called on the loop by factory.stopTrying() or a subclass hook.
-        attempt = self._attempt
-        if attempt is None:
+        with self._lock:
+            pending, self._attempt = self._attempt, None
+        if pending is None:
             return False
-        self._attempt = None
-        attempt.cancel()
-        self._attempt_failed(ConnectionAbortedError("the connection attempt was stopped"))
+
+        def stop():
+            self._cancel_attempt(pending)
+            self._attempt_failed(ConnectionAbortedError("the connection attempt was stopped"))
+
+        self._soon_on_loop(stop)
         return True
 
     def _connector_disconnect(self, connector):
+        reason = ConnectionAbortedError("disconnect() was called")
         with self._lock:
             conn = self._conn
+            if conn is not None and conn.owner is Owner.LEASED:
+                # Its holder keeps the socket until the lease ends.
+                if conn.doomed is None:
+                    conn.doomed = reason
+                return
         if conn is not None:
-            self._mark_lost(conn, ConnectionAbortedError("disconnect() was called"))
+            self._mark_lost(conn, reason)
         else:
-            self._on_loop(lambda: self._attempt is not None and
-                          self._connector_stop_connecting(connector))
+            self._connector_stop_connecting(connector)
 
     # -- loop side -----------------------------------------------------------
 
     def _attempt_now(self):
         with self._lock:
-            if self._closed or not self._connect_requested:
+            if self._closed or not self._connect_requested or self._halted is not None:
                 return
             self._connect_requested = False
             if self._attempt is not None or self._conn is not None:
@@ -226,40 +259,56 @@ class ReconnectingClient(_Handle):
                 self._set_state(Event.ATTEMPT)
             self._attempts_started += 1
             self._stats.retries = self._attempts_started - 1
-        factory, connector = self.factory, self._connector
-        factory.doStart()
-        handle = _Pending()
-        self._attempt = handle  # so that startedConnecting may stopConnecting()
-        factory.startedConnecting(connector)
-        if self._attempt is not handle or self._closed:
-            return
-        self._launch(handle, self._attempt_done)
+            pending = self._attempt = _Pending()  # so that startedConnecting may stopConnecting()
 
-    def _attempt_done(self, handle, sock, exc):
-        if self._attempt is not handle:
+        def launch(_):
+            with self._lock:
+                current = self._attempt is pending and not self._closed
+            if current:
+                self._launch(pending, self._attempt_done)
+
+        self._factory_calls([("doStart", ()), ("startedConnecting", (self._connector,))], launch)
+
+    def _attempt_done(self, pending, sock, exc):
+        with self._lock:
+            current = self._attempt is pending
+            if current:
+                self._attempt = None
+        if not current:
             if sock is not None:
                 sock.close()
             return
-        self._attempt = None
         if exc is not None:
             self._attempt_failed(exc)
             return
         if self._closed:
             sock.close()
             return
-        self.factory.resetDelay()
+        self._factory_calls([("resetDelay", ())], lambda _: self._connected(pending, sock))
+
+    def _connected(self, pending, sock):
         with self._lock:
-            if self._closed:
-                closed = True
-            else:
-                closed = False
-                conn = self._conn = self._new_connection_locked(sock, handle.session)
-                self._handoff_locked(conn)
-                self._set_state(Event.CONNECTED)
-        if closed:
+            usable = not self._closed and self._halted is None and self._conn is None
+            if usable:
+                conn = self._new_connection_locked(sock, pending.session)
+        if not usable:
             sock.close()
             return
         self._watch(conn)
+        with self._lock:
+            if self._closed:
+                conn.owner = Owner.DEAD
+            else:
+                self._conn = conn
+                ticket = self._leases.hand(conn)
+                if ticket is not None:
+                    conn.owner = Owner.LEASED
+                self._set_state(Event.CONNECTED)
+        if conn.owner is Owner.DEAD:
+            self._close_conn(conn)
+            return
+        if ticket is not None:
+            ticket.event.set()
         if self._heartbeat is not None:
             self._schedule_heartbeat(conn)
 
@@ -269,10 +318,10 @@ class ReconnectingClient(_Handle):
             self._failures += 1
             self._stats.connect_failures += 1
             self._stats.last_error = reason
+        calls = [("doStop", ())]
         if not self._closed:
-            self.factory.clientConnectionFailed(self._connector, reason)
-        self.factory.doStop()
-        self._after_factory(Event.FAILED)
+            calls.insert(0, ("clientConnectionFailed", (self._connector, reason)))
+        self._factory_calls(calls, lambda _: self._after_factory(Event.FAILED))
 
     def _after_factory(self, event):
         factory = self.factory
@@ -280,7 +329,7 @@ class ReconnectingClient(_Handle):
             callable(getattr(factory, "gaveUp", None)) and factory.gaveUp())
         with self._lock:
             if (self._closed or self._state is State.IDLE or self._attempt is not None
-                    or self._conn is not None):
+                    or self._conn is not None or self._halted is not None):
                 return
             if (event is Event.FAILED and self._state is State.CONNECTING) or (
                     event is Event.LOST and self._state is State.CONNECTED):
@@ -298,99 +347,100 @@ class ReconnectingClient(_Handle):
 
     def _lost(self, conn, exc):
         self._close_conn(conn)
-        closed = self._closed
+        if self._closed:
+            self._factory_calls([("doStop", ())])
+            return
         reason = self._loss_reason(exc)
-        if not closed:
-            self.factory.clientConnectionLost(self._connector, reason)
-        self.factory.doStop()
-        if closed:
-            return
-        if self._on_disconnect is not None:
-            self._backend.run_callback(self._on_disconnect, reason)
-        self._after_factory(Event.LOST)
 
-    def _schedule_heartbeat(self, conn, delay=None):
-        conn.heartbeat = self._backend.call_later_real(
-            self._heartbeat_interval if delay is None else delay, self._heartbeat_due, conn)
+        def after(_):
+            self._after_factory(Event.LOST)
+            if self._on_disconnect is not None:
+                self._user_callback("on_disconnect()", self._on_disconnect, reason)
 
-    def _heartbeat_due(self, conn):
-        conn.heartbeat = None
-        with self._lock:
-            if conn.dead or self._conn is not conn or self._closed:
-                return
-            idle_for = time.monotonic() - conn.last_used
-            if conn.leased or idle_for < self._heartbeat_interval:
-                busy = True
+        self._factory_calls([("clientConnectionLost", (self._connector, reason)),
+                             ("doStop", ())], after)
+
+    def _halt_locked(self):
+        to_close = []
+        pending, self._attempt = self._attempt, None
+        if pending is not None:
+            to_close.append(pending)
+        conn = self._conn
+        if conn is not None:
+            if conn.owner is Owner.LEASED:
+                conn.doomed = conn.doomed or self._halted
             else:
-                busy = False
-                conn.leased = True
-                if conn.watch is not None:
-                    conn.watch.pause()
-        if busy:
-            self._schedule_heartbeat(conn, max(0.0, self._heartbeat_interval - idle_for)
-                                     if not conn.leased else None)
-            return
-
-        def beat(sock=conn.sock):
-            sock.settimeout(self._heartbeat_interval)
-            try:
-                self._heartbeat(conn.session)
-            finally:
-                sock.settimeout(None)
-
-        def done(sock, exc):
-            try:
-                self._release(conn, exc)
-            except Exception:
-                pass
-            if exc is None and not conn.dead:
-                self._schedule_heartbeat(conn)
-
-        def steps():
-            yield ("hook", beat)
-
-        self._backend.start_attempt(steps(), self._heartbeat_interval * 2, done)
+                conn.owner = Owner.DEAD
+                to_close.append(conn)
+            self._conn = None
+        self._connect_requested = False
+        self._set_state(Event.HALT)
+        return to_close
 
     def _do_stop_trying(self):
-        self.factory.stopTrying()
-        if self._attempt is not None:
-            # Before its first failure the factory has no connector to stop
-            # (as in Twisted); the client abandons the attempt itself.
-            self._connector_stop_connecting(self._connector)
-        self._after_factory(None)
+        def after(_):
+            with self._lock:
+                pending = self._attempt
+            if pending is not None:
+                # Before its first failure the factory has no connector to stop
+                # (as in Twisted); the client abandons the attempt itself.
+                self._connector_stop_connecting(self._connector)
+            self._after_factory(None)
+
+        self._factory_calls([("stopTrying", ())], after)
 
     def _do_reconnect_now(self):
         with self._lock:
             if self._closed or self._attempt is not None or self._conn is not None:
                 return
             stopped = self._state is State.STOPPED
-        factory = self.factory
+            self._halted = None
+            if stopped:
+                # Callers wait for the coming attempt from now on, even while
+                # a factory subclass's resetDelay() runs in the user queue.
+                self._connect_requested = True
+                self._set_state(Event.ATTEMPT)
+
+        def go(_):
+            self._factory_clock.cancel_all()  # skip the wait of the pending retry
+            with self._lock:
+                self._connect_requested = True
+            self._attempt_now()
+
         if stopped:
-            factory.resetDelay()
-        call = factory._callID
-        if call is not None and call.active():
-            call.cancel()
-        factory._callID = None
-        with self._lock:
-            self._connect_requested = True
-        self._attempt_now()
+            self._factory_calls([("resetDelay", ())], go)
+        else:
+            go(None)
 
     def _shutdown(self):
-        try:
-            self.factory.stopTrying()
-        finally:
-            self._factory_clock.cancel_all()
-            attempt, self._attempt = self._attempt, None
-            if attempt is not None:
-                attempt.cancel()  # also when startedConnecting() has not returned yet
-                self.factory.doStop()
-            with self._lock:
-                conn, self._conn = self._conn, None
+        with self._lock:
+            pending, self._attempt = self._attempt, None
+            conn, self._conn = self._conn, None
             if conn is not None:
-                conn.dead = True
-                self._close_conn(conn)
-                self.factory.doStop()
-            self._connector._release(self)
+                conn.owner = Owner.DEAD
+        if pending is not None:
+            self._cancel_attempt(pending)  # also when startedConnecting() has not returned yet
+        if conn is not None:
+            self._close_conn(conn)
+        calls = [("stopTrying", ())] + [("doStop", ())] * ((pending is not None) + (conn is not None))
+        self._factory_calls(calls)
+        self._untrack_factory_clock()
+        self._connector._release(self)
+
+    def _forked(self):
+        self._forked_locked_state()
+        pending, self._attempt = self._attempt, None
+        if pending is not None and pending.attempt is not None:
+            pending.attempt.cancel()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._drop_in_child(conn)
+        if self._revive and self._state in (State.CONNECTED, State.CONNECTING):
+            self._state = State.CONNECTING
+            self._connect_requested = True
+
+    def _revived(self):
+        self._attempt_now()
 
     # -- caller side -----------------------------------------------------------
 
@@ -401,8 +451,8 @@ class ReconnectingClient(_Handle):
 
     def _take_locked(self):
         conn = self._conn
-        if conn is not None and not conn.leased and not conn.dead:
-            conn.leased = True
+        if conn is not None and conn.owner is Owner.IDLE:
+            conn.owner = Owner.LEASED
             return conn
         return None
 

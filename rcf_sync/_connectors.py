@@ -8,15 +8,16 @@ as a Twisted connector drives its transport.
 
 Theory of operation: a connection attempt is written once, as a generator
 (``_attempt``) that does the non-blocking socket work itself and *yields*
-what it needs to wait for: ``("resolve", host, port, family)`` (name lookup),
-``("writable", sock)`` / ``("readable", sock)``, ``("tls", sock, connector)`` (wrap and
-handshake), ``("call", fn)`` (run blocking user code). Each backend drives
-the generator its own way (the thread backend from its selector loop, the
-gevent backend from a greenlet), so the address walk, socket options and
-clean-up on failure exist in one place only.
+what it needs to wait for, as the step objects of ``_steps`` (name lookup,
+readiness, TLS, user code). Each backend interprets the steps its own way
+(the thread backend from its selector loop, the gevent backend from a
+greenlet), so the address walk, socket options and clean-up on failure exist
+in one place only.
 """
 
-import collections
+from __future__ import annotations
+
+import _socket
 import errno
 import functools
 import math
@@ -24,10 +25,22 @@ import numbers
 import os
 import re
 import socket
-import _socket
 import ssl
+from collections.abc import Generator, Iterable, Sequence
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Callable,
+    NamedTuple,
+    Union,
+)
 
+from ._address import UNIXAddress
 from ._errors import NotConnectingError
+from ._steps import TLS, Resolve, Step, UserCall, Writable
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeAlias
 
 __all__ = [
     "Connector",
@@ -39,29 +52,69 @@ __all__ = [
     "as_connector",
 ]
 
-TCPAddress = collections.namedtuple("TCPAddress", "type host port")
-TCPAddress.__doc__ = "Where a TCP connector connects: ``('TCP', host, port)``."
-UNIXAddress = collections.namedtuple("UNIXAddress", "name")
-UNIXAddress.__doc__ = "Where a Unix connector connects: the socket's path."
+
+
+class TCPAddress(NamedTuple):
+    """Where a TCP connector connects: ``('TCP', host, port)``."""
+
+    type: str
+    host: str
+    port: int
+
+
+#: A connection attempt: yields steps, returns the connected socket.
+Attempt: TypeAlias = Generator[Step, Any, socket.socket]
+#: getaddrinfo's answer less the canonical name: (family, type, proto, sockaddr).
+_Address: TypeAlias = tuple[int, int, int, Any]
 
 #: Connect timeout used when none is given, as Twisted's ``connectTCP``.
 DEFAULT_TIMEOUT = 30.0
 
+# Made non-blocking by socket() itself where the platform can (a system call
+# less per attempt); Python then treats it as non-blocking too.
+_SOCK_NONBLOCK = getattr(socket, "SOCK_NONBLOCK", 0)
 _INET_FAMILIES = tuple(getattr(socket, name) for name in ("AF_INET", "AF_INET6") if hasattr(socket, name))
 _IN_PROGRESS = {errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN, getattr(errno, "WSAEWOULDBLOCK", -1)}
 
 
-def _check_timeout(timeout):
+def _is_integer(value: object) -> bool:
+    """An integer of any kind (``numbers.Integral``), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+@functools.lru_cache(maxsize=1024)
+def _numeric_addresses(host: str, port: int) -> tuple[_Address, ...]:
+    """The addresses of an IP literal (empty when ``host`` is a name), once
+    per process: a numeric lookup never blocks, so it asks the C library
+    directly (``socket.getaddrinfo`` may be gevent's, which uses threads),
+    with the host already encoded (``str`` hosts go through the IDNA codec,
+    the dearest part of an attempt to a thousand new clients)."""
+    try:
+        encoded = host.encode("ascii")
+    except UnicodeEncodeError:
+        return ()  # not an IP literal
+    try:
+        infos = _socket.getaddrinfo(encoded, port, 0, socket.SOCK_STREAM, 0,
+                                    socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        return ()
+    return tuple((af, st, proto, sa) for af, st, proto, _, sa in infos)
+
+
+def _check_timeout(timeout: object) -> float | None:
     if timeout is None:
         return None
     if not isinstance(timeout, numbers.Real) or isinstance(timeout, bool):
         raise ValueError(f"timeout must be a number of seconds or None, got {timeout!r}")
-    if math.isnan(timeout) or timeout <= 0:
+    seconds = float(timeout)
+    if math.isnan(seconds) or seconds <= 0:
         raise ValueError(f"timeout must be > 0, got {timeout!r}")
-    return float(timeout)
+    return seconds
 
 
-def _check_ssl(ssl_context, server_hostname, default_hostname):
+def _check_ssl(
+    ssl_context: ssl.SSLContext | None, server_hostname: str | None, default_hostname: str | None
+) -> str | None:
     if ssl_context is None:
         if server_hostname is not None:
             raise ValueError("server_hostname given without an ssl_context")
@@ -76,7 +129,7 @@ def _check_ssl(ssl_context, server_hostname, default_hostname):
 _HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
 
 
-def _check_host(host):
+def _check_host(host: object) -> None:
     """``ValueError`` unless ``host`` is an IP address or a DNS name."""
     if not isinstance(host, str) or not host:
         raise ValueError(f"host must be a non-empty host name or address, got {host!r}")
@@ -97,7 +150,7 @@ def _check_host(host):
         )
 
 
-def _check_options(socket_options):
+def _check_options(socket_options: Any) -> tuple[tuple[Any, ...], ...]:
     options = tuple(tuple(opt) for opt in socket_options)
     for opt in options:
         if len(opt) != 3:
@@ -105,10 +158,10 @@ def _check_options(socket_options):
     return options
 
 
-_socket_class = []
+_socket_class: list[type[socket.socket]] = []
 
 
-def _stdlib_socket():
+def _stdlib_socket() -> type[socket.socket]:
     # The attempt steps do their own non-blocking I/O and waiting; a gevent
     # socket (under monkey-patching) would add its own layer to every call.
     # Backends turn the result into what their callers need ("adopt").
@@ -127,17 +180,19 @@ class Connector:
     are thread-safe and never block.
     """
 
-    timeout = DEFAULT_TIMEOUT
-    _owner = None
+    timeout: float | None = DEFAULT_TIMEOUT
+    # The client or pool that adopted this connector (core: typed as a
+    # protocol once the client is annotated).
+    _owner: Any = None
 
     # -- IConnector -----------------------------------------------------------
 
-    def connect(self):
+    def connect(self) -> None:
         """Start a connection attempt now (what a scheduled retry calls).
         ``RuntimeError`` when no client uses this connector."""
         self._require_owner()._connector_connect(self)
 
-    def stopConnecting(self):
+    def stopConnecting(self) -> None:
         """Abandon the attempt in progress; :class:`~rcf_sync.NotConnectingError`
         when there is none."""
         owner = self._owner
@@ -146,85 +201,86 @@ class Connector:
                 f"not connecting to {self.describe()}", destination=self.describe()
             )
 
-    def disconnect(self):
+    def disconnect(self) -> None:
         """Drop the current connection (the factory hears of the loss), or
         abandon the attempt in progress."""
         owner = self._owner
         if owner is not None:
             owner._connector_disconnect(self)
 
-    def getDestination(self):
+    def getDestination(self) -> object:
         """The address this connector connects to."""
         raise NotImplementedError
 
     # -- used by clients ------------------------------------------------------
 
-    def describe(self):
+    def describe(self) -> str:
         """A short text naming the destination, for messages and logs."""
         raise NotImplementedError
 
-    def _adopt(self, owner):
+    def _adopt(self, owner: object) -> None:
         if self._owner is not None and self._owner is not owner:
             raise ValueError(f"{self!r} already serves {self._owner!r}; give each client its own connector")
         self._owner = owner
 
-    def _release(self, owner):
+    def _release(self, owner: object) -> None:
         if self._owner is owner:
             self._owner = None
 
-    def _require_owner(self):
+    def _require_owner(self) -> Any:
         owner = self._owner
         if owner is None:
             raise RuntimeError(f"{self!r} is not used by any client")
         return owner
 
-    def _attempt(self):
+    def _attempt(self) -> Attempt:
         """Generator of one connection attempt; returns the connected socket."""
         raise NotImplementedError
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"
 
 
 class _SocketConnector(Connector):
     """Shared by TCP and Unix: option setting, the address walk, TLS."""
 
-    _ssl_context = None
-    _server_hostname = None
-    _socket_options = ()
+    _ssl_context: ssl.SSLContext | None = None
+    _server_hostname: str | None = None
+    _socket_options: tuple[tuple[Any, ...], ...] = ()
 
     @property
-    def ssl_context(self):
+    def ssl_context(self) -> ssl.SSLContext | None:
         """The ``ssl.SSLContext`` used for TLS, or ``None``."""
         return self._ssl_context
 
     @property
-    def server_hostname(self):
+    def server_hostname(self) -> str | None:
         """The name the server's certificate must match (TCP default: ``host``)."""
         return self._server_hostname
 
-    def _addresses(self):
+    def _addresses(self) -> Generator[Step, Any, list[_Address]]:
         """Generator step(s) producing a list of getaddrinfo-style tuples."""
         raise NotImplementedError
 
-    def _prepare(self, sock, family):
+    def _prepare(self, sock: socket.socket, family: int) -> None:
         for level, option, value in self._socket_options:
             sock.setsockopt(level, option, value)
 
-    def _attempt(self):
+    def _attempt(self) -> Attempt:
         addresses = yield from self._addresses()
         if not addresses:
             raise OSError(f"no addresses for {self.describe()}")
-        last_error = None
+        last_error: OSError | None = None
         socket_class = _stdlib_socket()
         for family, type_, proto, sockaddr in addresses:
-            sock = socket_class(family, type_, proto)
+            sock = socket_class(family, type_ | _SOCK_NONBLOCK, proto)
             try:
-                sock.setblocking(False)
+                if not _SOCK_NONBLOCK:
+                    sock.setblocking(False)
                 self._prepare(sock, family)
                 err = sock.connect_ex(sockaddr)
                 if err in _IN_PROGRESS:
-                    yield ("writable", sock)
+                    yield Writable(sock)
                     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if err:
                     raise OSError(err, f"{os.strerror(err)} ({self.describe()})")
@@ -237,30 +293,13 @@ class _SocketConnector(Connector):
                 raise
             if self._ssl_context is not None:
                 try:
-                    sock = yield ("tls", sock, self)
+                    sock = yield TLS(sock, self)
                 except BaseException:
                     sock.close()
                     raise
             return sock
+        assert last_error is not None  # one per address tried, and there was one
         raise last_error
-
-    def _tls_handshake(self, raw):
-        """Generator: wrap ``raw`` (non-blocking) and complete the handshake."""
-        tls = self._ssl_context.wrap_socket(
-            raw, server_hostname=self._server_hostname, do_handshake_on_connect=False
-        )
-        try:
-            while True:
-                try:
-                    tls.do_handshake()
-                    return tls
-                except ssl.SSLWantReadError:
-                    yield ("readable", tls)
-                except ssl.SSLWantWriteError:
-                    yield ("writable", tls)
-        except BaseException:
-            tls.close()
-            raise
 
 
 class TCPConnector(_SocketConnector):
@@ -280,12 +319,15 @@ class TCPConnector(_SocketConnector):
     Raises ``ValueError`` for a bad host, port, timeout or option.
     """
 
-    def __init__(self, host, port, *, timeout=DEFAULT_TIMEOUT, source_address=None,
-                 ssl_context=None, server_hostname=None, socket_options=(),
-                 keepalive=True, keepalive_idle=None, keepalive_interval=None,
-                 keepalive_count=None):
+    def __init__(self, host: str, port: int, *, timeout: float | None = DEFAULT_TIMEOUT,
+                 source_address: tuple[str, int] | None = None,
+                 ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
+                 socket_options: Iterable[tuple[int, int, int | bytes]] = (),
+                 keepalive: bool = True, keepalive_idle: int | None = None,
+                 keepalive_interval: int | None = None,
+                 keepalive_count: int | None = None) -> None:
         _check_host(host)
-        if not isinstance(port, numbers.Integral) or isinstance(port, bool) or not 0 < port < 65536:
+        if not _is_integer(port) or not 0 < port < 65536:
             raise ValueError(f"port must be an integer in 1..65535, got {port!r}")
         if source_address is not None:
             if not (isinstance(source_address, tuple) and len(source_address) == 2):
@@ -293,8 +335,7 @@ class TCPConnector(_SocketConnector):
         for name, value in (("keepalive_idle", keepalive_idle),
                             ("keepalive_interval", keepalive_interval),
                             ("keepalive_count", keepalive_count)):
-            if value is not None and (not isinstance(value, numbers.Integral)
-                                      or isinstance(value, bool) or value < 1):
+            if value is not None and (not _is_integer(value) or value < 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         self.host = host.strip("[]")
         self.port = int(port)
@@ -305,35 +346,28 @@ class TCPConnector(_SocketConnector):
         self._socket_options = _check_options(socket_options)
         self.keepalive = bool(keepalive)
         self._keepalive = (keepalive_idle, keepalive_interval, keepalive_count)
-        self._numeric = None  # the addresses, when host is an IP literal
+        # The addresses, when host is an IP literal (empty: it is not).
+        self._numeric: Sequence[_Address] | None = None
 
-    def getDestination(self):
+    def getDestination(self) -> TCPAddress:
         """``TCPAddress("TCP", host, port)``."""
         return TCPAddress("TCP", self.host, self.port)
 
-    def describe(self):
+    def describe(self) -> str:
         """``host:port`` (``[v6]:port`` for IPv6)."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
-    def _addresses(self):
+    def _addresses(self) -> Generator[Step, Any, list[_Address]]:
         numeric = self._numeric
         if numeric is None:
-            try:
-                # A numeric address never blocks: ask the C library directly
-                # (socket.getaddrinfo may be gevent's, which uses threads), once.
-                infos = _socket.getaddrinfo(self.host, self.port, 0, socket.SOCK_STREAM, 0,
-                                            socket.AI_NUMERICHOST)
-                numeric = [(af, st, proto, sa) for af, st, proto, _, sa in infos]
-            except socket.gaierror:
-                numeric = ()
-            self._numeric = numeric
+            numeric = self._numeric = _numeric_addresses(self.host, self.port)
         if numeric:
-            return numeric
-        infos = yield ("resolve", self.host, self.port)
+            return list(numeric)
+        infos = yield Resolve(self.host, self.port)
         return [(af, st, proto, sa) for af, st, proto, _, sa in infos]
 
-    def _prepare(self, sock, family):
+    def _prepare(self, sock: socket.socket, family: int) -> None:
         if family in _INET_FAMILIES:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.keepalive:
@@ -343,7 +377,8 @@ class TCPConnector(_SocketConnector):
                         sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
                 if self._keepalive[0] is not None and not hasattr(socket, "TCP_KEEPIDLE") \
                         and hasattr(socket, "TCP_KEEPALIVE"):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPALIVE, self._keepalive[0])
+                    # macOS names the idle time TCP_KEEPALIVE.
+                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, "TCP_KEEPALIVE"), self._keepalive[0])  # noqa: B009 (macOS only)
         super()._prepare(sock, family)
         if self.source_address is not None:
             sock.bind(self.source_address)
@@ -357,8 +392,10 @@ class UNIXConnector(_SocketConnector):
     ``server_hostname`` when the context checks host names).
     """
 
-    def __init__(self, path, *, timeout=DEFAULT_TIMEOUT, ssl_context=None,
-                 server_hostname=None, socket_options=()):
+    def __init__(self, path: str | bytes | os.PathLike[str] | os.PathLike[bytes], *,
+                 timeout: float | None = DEFAULT_TIMEOUT, ssl_context: ssl.SSLContext | None = None,
+                 server_hostname: str | None = None,
+                 socket_options: Iterable[tuple[int, int, int | bytes]] = ()) -> None:
         if not hasattr(socket, "AF_UNIX"):
             raise ValueError("Unix sockets are not available on this platform")
         if not isinstance(path, (str, bytes, os.PathLike)) or not os.fspath(path):
@@ -369,15 +406,15 @@ class UNIXConnector(_SocketConnector):
         self._server_hostname = _check_ssl(ssl_context, server_hostname, None)
         self._socket_options = _check_options(socket_options)
 
-    def getDestination(self):
-        """``UNIXAddress(path)``."""
+    def getDestination(self) -> UNIXAddress:
+        """``UNIXAddress(path)`` (Twisted's shape: ``name`` is the path as bytes)."""
         return UNIXAddress(self.path)
 
-    def describe(self):
+    def describe(self) -> str:
         """The socket's path."""
         return os.fsdecode(self.path)
 
-    def _addresses(self):
+    def _addresses(self) -> Generator[Step, Any, list[_Address]]:
         return [(socket.AF_UNIX, socket.SOCK_STREAM, 0, self.path)]
         yield  # a generator with no waiting steps
 
@@ -390,23 +427,24 @@ class SocketFactoryConnector(Connector):
     with ``TypeError``. ``timeout`` bounds how long the client waits for it.
     """
 
-    def __init__(self, factory, *, name=None, timeout=DEFAULT_TIMEOUT):
+    def __init__(self, factory: Callable[[], socket.socket], *, name: str | None = None,
+                 timeout: float | None = DEFAULT_TIMEOUT) -> None:
         if not callable(factory):
             raise ValueError(f"a socket factory must be callable, got {factory!r}")
         self.factory = factory
         self.name = name or _callable_name(factory)
         self.timeout = _check_timeout(timeout)
 
-    def getDestination(self):
+    def getDestination(self) -> str:
         """The factory's name (given, or its qualified name)."""
         return self.name
 
-    def describe(self):
+    def describe(self) -> str:
         """The factory's name."""
         return self.name
 
-    def _attempt(self):
-        sock = yield ("call", self.factory)
+    def _attempt(self) -> Attempt:
+        sock = yield UserCall(self.factory, threaded=True)
         if not isinstance(sock, socket.socket):
             if hasattr(sock, "close"):
                 try:
@@ -417,17 +455,23 @@ class SocketFactoryConnector(Connector):
         return sock
 
 
-def _callable_name(fn):
+def _callable_name(fn: Callable[..., object]) -> str:
     """A name for a callable that never shows its arguments (a partial's
     bound arguments may hold credentials)."""
-    inner = fn
+    inner: Callable[..., object] = fn
     while isinstance(inner, functools.partial):
         inner = inner.func
-    name = getattr(inner, "__qualname__", None) or type(inner).__qualname__
+    name: str = getattr(inner, "__qualname__", None) or type(inner).__qualname__
     return name if inner is fn else f"partial({name})"
 
 
-def as_connector(target):
+#: What ``ReconnectingClient`` accepts as a destination.
+Target: TypeAlias = Union[
+    "Connector", tuple[str, int], str, "os.PathLike[str]", Callable[[], socket.socket]
+]
+
+
+def as_connector(target: Target) -> Connector:
     """Turn what ``ReconnectingClient`` accepts into a :class:`Connector`:
     a connector, ``(host, port)``, a Unix path (``str``/path-like) or a
     zero-argument callable. ``ValueError`` for anything else."""

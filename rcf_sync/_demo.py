@@ -1,51 +1,60 @@
 """The ``demo`` and ``wait`` commands: what they run, apart from parsing."""
 
+from __future__ import annotations
+
 import ssl
 import sys
 import threading
 import time
+from typing import Callable, TextIO
 
 from ._client import ReconnectingClient
 from ._connectors import TCPConnector
 from ._errors import ConnectTimeout, GaveUp, RCFError
+from ._factory import ReconnectingClientFactory
+from ._interfaces import IConnector
 from ._state import State
 from .testing import EchoServer, echo_round_trip
 
 __all__ = ["run_demo", "run_wait"]
 
 
-def _next_delay(factory):
+def _next_delay(factory: ReconnectingClientFactory) -> float | None:
     call = factory._callID
-    if call is not None and call.active():
+    if call is not None and call.active() and factory.clock is not None:
         return max(0.0, call.getTime() - factory.clock.seconds())
     return None
 
 
-def _reporting(factory, say, dest):
+def _reporting(
+    factory: ReconnectingClientFactory, say: Callable[[str], None], dest: str
+) -> ReconnectingClientFactory:
     """A copy of ``factory`` (same class and settings) that reports every
     failure and loss with the delay the factory chose."""
 
-    class Reporting(type(factory)):
-        def _report(self, what, reason):
+    base: type[ReconnectingClientFactory] = type(factory)
+
+    class Reporting(base):  # type: ignore[valid-type,misc]  # the factory's own class
+        def _report(self, what: str, reason: object) -> None:
             delay = _next_delay(self)
             then = f"; next attempt in {delay:.2f}s" if delay is not None else "; giving up"
             say(f"{what} ({type(reason).__name__}: {reason}){then}")
 
-        def clientConnectionFailed(self, connector, reason):
+        def clientConnectionFailed(self, connector: IConnector, reason: object) -> None:
             super().clientConnectionFailed(connector, reason)
             self._report(f"attempt {self.retries} to {dest} failed", reason)
 
-        def clientConnectionLost(self, connector, reason):
+        def clientConnectionLost(self, connector: IConnector, reason: object) -> None:
             super().clientConnectionLost(connector, reason)
             self._report(f"connection to {dest} lost", reason)
 
     Reporting.__name__ = Reporting.__qualname__ = type(factory).__name__
-    copy = Reporting.__new__(Reporting)
+    copy: ReconnectingClientFactory = Reporting.__new__(Reporting)
     copy.__dict__.update(factory.__dict__)
     return copy
 
 
-def run_demo(factory, duration, out=sys.stdout):
+def run_demo(factory: ReconnectingClientFactory, duration: float, out: TextIO = sys.stdout) -> int:
     """Run the demo for ``duration`` seconds; return the exit code."""
     tty = hasattr(out, "isatty") and out.isatty()
     server = EchoServer()
@@ -55,12 +64,13 @@ def run_demo(factory, duration, out=sys.stdout):
     # policy) and still leaves time to see the client come back.
     outages = [(0.13 * duration, 0.17 * duration), (0.33 * duration, 0.60 * duration)]
     served = failed = 0
-    last_state, max_delay = None, 0.0
+    last_state: State | None = None
+    max_delay = 0.0
     t0 = time.monotonic()
 
     lock = threading.Lock()
 
-    def say(line):
+    def say(line: str) -> None:
         with lock:
             if tty:
                 out.write("\r\033[K")
@@ -131,7 +141,14 @@ def run_demo(factory, duration, out=sys.stdout):
     return 0
 
 
-def run_wait(factory, host, port, timeout, tls, out=sys.stdout):
+def run_wait(
+    factory: ReconnectingClientFactory,
+    host: str,
+    port: int,
+    timeout: float | None,
+    tls: bool,
+    out: TextIO = sys.stdout,
+) -> int:
     """Block until ``host:port`` accepts a connection; return the exit code."""
     ctx = ssl.create_default_context() if tls else None
     connector = TCPConnector(host, port, timeout=min(10.0, timeout) if timeout else 10.0,
@@ -139,7 +156,7 @@ def run_wait(factory, host, port, timeout, tls, out=sys.stdout):
     dest = connector.describe()
     t0 = time.monotonic()
 
-    def say(line):
+    def say(line: str) -> None:
         out.write(line + "\n")
         out.flush()
 

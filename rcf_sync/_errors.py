@@ -6,11 +6,16 @@ caller already catches (``ConnectionError``, ``TimeoutError``), carries the
 exception), and pickles with both.
 """
 
+from __future__ import annotations
+
 import socket
+from typing import Any
 
 __all__ = [
     "RCFError",
     "ConnectionLost",
+    "ConnectionDone",
+    "ConnectionAborted",
     "ConnectTimeout",
     "GaveUp",
     "ClientClosed",
@@ -28,22 +33,41 @@ class RCFError(Exception):
     one. The message always names both.
     """
 
-    def __init__(self, message="", destination=None, reason=None):
+    def __init__(
+        self, message: str = "", destination: str | None = None, reason: BaseException | None = None
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.destination = destination
         self.reason = reason
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.message
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.message, self.destination, self.reason))
 
 
 class ConnectionLost(RCFError, ConnectionError):
     """The connection in use died; the request on it may or may not have
     reached the peer. The client is already reconnecting."""
+
+
+class ConnectionDone(RCFError, ConnectionError):
+    """The connection was closed cleanly: by our ``loseConnection()`` or by
+    the peer's orderly shutdown (Twisted's
+    ``twisted.internet.error.ConnectionDone``).
+
+    Deliberately not a :class:`ConnectionLost`: ``except ConnectionLost``
+    does not catch an orderly close, and this error is never used for a
+    reset or an abort. It is a ``ConnectionError`` so that code treating any
+    end of the connection alike can catch both."""
+
+
+class ConnectionAborted(ConnectionLost):
+    """The connection was dropped at once by ``abortConnection()``, unsent
+    data discarded (Twisted's ``twisted.internet.error.ConnectionAborted``,
+    also a ``ConnectionLost`` there)."""
 
 
 class ConnectTimeout(RCFError, TimeoutError):
@@ -74,7 +98,7 @@ class AlreadyCancelled(RCFError, ValueError):
     rescheduled."""
 
 
-def _timeout_compatible(exc):
+def _timeout_compatible(exc: BaseException) -> BaseException:
     """``exc``, or for a ``socket.timeout`` that is not a ``TimeoutError``
     (Python 3.9) a ``TimeoutError`` with the same message chained to it, so
     that a read timeout is reported as one on every supported Python."""

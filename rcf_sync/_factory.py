@@ -8,13 +8,20 @@ to an ``IReactorTime``-shaped clock and an ``IConnector``-shaped connector,
 so it runs the same under our clocks, a ``FakeClock`` or Twisted's own.
 """
 
+from __future__ import annotations
+
 import logging
 import random
+from typing import TYPE_CHECKING, Any, Callable, TypedDict
 
 from ._errors import NotConnectingError
-from ._policy import jittered_delay, validate_policy_value
+from ._interfaces import IConnector, IDelayedCall, IReactorTime
+from ._policy import JitterMode, SupportsUniform, jittered_delay, validate_policy_value
 
-__all__ = ["ReconnectingClientFactory"]
+if TYPE_CHECKING:
+    from typing_extensions import Self, Unpack
+
+__all__ = ["ReconnectingClientFactory", "uses_protocol"]
 
 log = logging.getLogger("rcf_sync")
 
@@ -29,10 +36,33 @@ _TRANSIENT = ("connector", "retries", "delay", "continueTrying", "_callID", "clo
 _TRANSIENT_EXTRA = ("_failingSince", "_lastWait")
 
 
-def _default_clock():
-    from ._backends import default_clock
+class FactoryOptions(TypedDict, total=False):
+    """The keyword arguments :class:`ReconnectingClientFactory` accepts."""
 
-    return default_clock()
+    maxDelay: float
+    initialDelay: float
+    factor: float
+    jitter: float
+    maxRetries: int | None
+    noisy: bool
+    clock: IReactorTime[Any] | None
+    jitterMode: JitterMode
+    maxElapsed: float | None
+    rng: random.Random | None
+    delay: float
+    protocol: Callable[[], Any] | None
+
+
+# What a factory used without a client (and without a clock) schedules on,
+# as Twisted's falls back to its reactor. The package sets it (to the thread
+# backend's real clock), so that this layer imports nothing above it.
+default_clock_provider: Callable[[], IReactorTime[Any]] | None = None
+
+
+def _default_clock() -> IReactorTime[Any]:
+    if default_clock_provider is None:
+        raise RuntimeError("this factory has no clock: set factory.clock")
+    return default_clock_provider()
 
 
 class ReconnectingClientFactory:
@@ -64,31 +94,33 @@ class ReconnectingClientFactory:
     :meth:`startedConnecting` and :meth:`retry` as with Twisted.
     """
 
-    maxDelay = 3600
-    initialDelay = 1.0
-    factor = 2.7182818284590451  # math.e
-    jitter = 0.119626565582
-    delay = initialDelay
-    retries = 0
-    maxRetries = None
-    _callID = None
-    connector = None
-    clock = None
-    continueTrying = 1
+    maxDelay: float = 3600
+    initialDelay: float = 1.0
+    factor: float = 2.7182818284590451  # math.e
+    jitter: float = 0.119626565582
+    delay: float = initialDelay
+    retries: int = 0
+    maxRetries: int | None = None
+    _callID: IDelayedCall | None = None
+    connector: IConnector | None = None
+    clock: IReactorTime[Any] | None = None
+    continueTrying: int = 1
 
-    # From Twisted's Factory/ClientFactory.
-    protocol = None
-    numPorts = 0
-    noisy = True
+    # From Twisted's Factory/ClientFactory: what buildProtocol calls (a
+    # Protocol subclass or any zero-argument callable), or None.
+    protocol: Callable[[], Any] | None = None
+    numPorts: int = 0
+    noisy: bool = True
 
     # Beyond Twisted.
-    jitterMode = "twisted"
-    maxElapsed = None
-    rng = None
-    _failingSince = None
-    _lastWait = None
+    jitterMode: str = "twisted"
+    maxElapsed: float | None = None
+    rng: random.Random | None = None
+    _failingSince: float | None = None
+    _lastWait: float | None = None
+    _startDelay: float
 
-    def __init__(self, **kwargs):
+    def __init__(self, **kwargs: Unpack[FactoryOptions]) -> None:
         for name in kwargs:
             if name not in _SETTABLE:
                 raise TypeError(
@@ -103,19 +135,47 @@ class ReconnectingClientFactory:
             # factory starts from the same delay as a new one.
             self._startDelay = self.delay
 
-    def __repr__(self):
-        return "<%s initialDelay=%r factor=%r maxDelay=%r jitter=%r maxRetries=%r>" % (
-            type(self).__name__, self.initialDelay, self.factor, self.maxDelay,
-            self.jitter, self.maxRetries,
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} initialDelay={self.initialDelay!r} factor={self.factor!r} "
+            f"maxDelay={self.maxDelay!r} jitter={self.jitter!r} maxRetries={self.maxRetries!r}>"
         )
 
     # -- Twisted's Factory/ClientFactory surface ------------------------------
 
-    def logPrefix(self):
+    @classmethod
+    def forProtocol(cls, protocol: Callable[[], Any], *args: Any, **kwargs: Any) -> Self:
+        """A new factory, ``cls(*args, **kwargs)``, whose :attr:`protocol` is
+        ``protocol`` (a :class:`~rcf_sync.Protocol` subclass or any
+        zero-argument callable returning a protocol), as Twisted's."""
+        factory = cls(*args, **kwargs)
+        factory.protocol = protocol
+        return factory
+
+    def buildProtocol(self, addr: object) -> Any:
+        """Make the protocol for a new connection to ``addr`` (an
+        ``IPv4Address``, ``IPv6Address`` or ``UNIXAddress``): call
+        :attr:`protocol` with no arguments, set the result's ``factory`` to
+        this factory and return it, as Twisted does.
+
+        Override it to build protocols another way (Twisted's documented
+        reconnecting client calls :meth:`resetDelay` here); returning ``None``
+        closes the new connection at once. ``TypeError`` when
+        :attr:`protocol` is ``None`` (Twisted fails an assertion)."""
+        if self.protocol is None:
+            raise TypeError(
+                f"{type(self).__name__}.protocol is None: set protocol "
+                "(or use forProtocol) or override buildProtocol"
+            )
+        p = self.protocol()
+        p.factory = self
+        return p
+
+    def logPrefix(self) -> str:
         """Describe this factory for log messages (its class name)."""
         return self.__class__.__name__
 
-    def doStart(self):
+    def doStart(self) -> None:
         """Count a user and call :meth:`startFactory` for the first one.
 
         Called by the client before each connection attempt, as Twisted's
@@ -126,8 +186,11 @@ class ReconnectingClientFactory:
             self.startFactory()
         self.numPorts = self.numPorts + 1
 
-    def doStop(self):
-        """Uncount a user and call :meth:`stopFactory` after the last one."""
+    def doStop(self) -> None:
+        """Uncount a user and call :meth:`stopFactory` after the last one.
+
+        With no user counted it does nothing at all (no hook, no log), as
+        Twisted's: a stray call is tolerated rather than an error."""
         if self.numPorts == 0:
             return
         self.numPorts = self.numPorts - 1
@@ -136,34 +199,34 @@ class ReconnectingClientFactory:
                 log.info("Stopping factory %r", self)
             self.stopFactory()
 
-    def startFactory(self):
+    def startFactory(self) -> None:
         """Hook run before the first connection attempt; does nothing."""
 
-    def stopFactory(self):
+    def stopFactory(self) -> None:
         """Hook run after the last connection ends; does nothing."""
 
-    def startedConnecting(self, connector):
+    def startedConnecting(self, connector: IConnector) -> None:
         """Hook called when a connection attempt starts; does nothing.
 
         An override may call ``connector.stopConnecting()`` to abandon it."""
 
     # -- the reconnection policy ---------------------------------------------
 
-    def clientConnectionFailed(self, connector, reason):
+    def clientConnectionFailed(self, connector: IConnector, reason: object) -> None:
         """A connection attempt failed: while trying, remember the connector
         and :meth:`retry`."""
         if self.continueTrying:
             self.connector = connector
             self.retry()
 
-    def clientConnectionLost(self, connector, unused_reason):
+    def clientConnectionLost(self, connector: IConnector, unused_reason: object) -> None:
         """An established connection was lost: while trying, remember the
         connector and :meth:`retry`."""
         if self.continueTrying:
             self.connector = connector
             self.retry()
 
-    def retry(self, connector=None):
+    def retry(self, connector: IConnector | None = None) -> None:
         """Schedule ``connector.connect()`` after the next back-off delay.
 
         Does nothing (but log) after :meth:`stopTrying`. Raises
@@ -199,6 +262,7 @@ class ReconnectingClientFactory:
                 )
             wait = self.delay
         else:
+            rng: SupportsUniform = self.rng or random
             wait = jittered_delay(
                 self.jitterMode,
                 base=min(self.delay, self.maxDelay),
@@ -206,11 +270,11 @@ class ReconnectingClientFactory:
                 initial=self.initialDelay,
                 factor=self.factor,
                 max_delay=self.maxDelay,
-                rng=self.rng or random,
+                rng=rng,
             )
             self._lastWait = wait
 
-        if self.maxElapsed is not None:
+        if self.maxElapsed is not None and self.clock is not None:  # (set just above)
             now = self.clock.seconds()
             if self._failingSince is None:
                 self._failingSince = now
@@ -226,7 +290,7 @@ class ReconnectingClientFactory:
         if self.noisy:
             log.info("%s will retry in %d seconds", connector, wait)
 
-        def reconnector():
+        def reconnector() -> None:
             self._callID = None
             connector.connect()
 
@@ -236,7 +300,7 @@ class ReconnectingClientFactory:
 
         self.delay = min(self.delay * self.factor, self.maxDelay)
 
-    def stopTrying(self):
+    def stopTrying(self) -> None:
         """Stop reconnecting: cancel the pending retry, clear
         ``continueTrying`` and call ``connector.stopConnecting()``, ignoring
         :class:`~rcf_sync.NotConnectingError`."""
@@ -254,7 +318,7 @@ class ReconnectingClientFactory:
                 if type(exc).__name__ != "NotConnectingError":
                     raise
 
-    def resetDelay(self):
+    def resetDelay(self) -> None:
         """Forget past failures: ``delay = initialDelay``, ``retries = 0``,
         ``continueTrying = 1``. Like Twisted it drops ``_callID`` without
         cancelling a pending retry."""
@@ -266,14 +330,14 @@ class ReconnectingClientFactory:
             self._failingSince = None
             self._lastWait = None
 
-    def gaveUp(self):
+    def gaveUp(self) -> bool:
         """True when :meth:`retry` abandoned because ``maxRetries`` or
         ``maxElapsed`` ran out (until :meth:`resetDelay`)."""
         if self.maxRetries is not None and self.retries > self.maxRetries:
             return True
         return self._failingSince == -float("inf")
 
-    def __getstate__(self):
+    def __getstate__(self) -> dict[str, Any]:
         """Drop everything that attempts and failures mutate, so that an
         unpickled factory behaves as this one did when new."""
         state = self.__dict__.copy()
@@ -281,7 +345,16 @@ class ReconnectingClientFactory:
             state.pop(key, None)
         return state
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         if "_startDelay" in state:
             self.delay = state["_startDelay"]
+
+
+def uses_protocol(factory: object) -> bool:
+    """True when ``factory`` builds protocols: its ``protocol`` is set or its
+    class overrides :meth:`ReconnectingClientFactory.buildProtocol`."""
+    if getattr(factory, "protocol", None) is not None:
+        return True
+    build = getattr(type(factory), "buildProtocol", None)
+    return build is not None and build is not ReconnectingClientFactory.buildProtocol

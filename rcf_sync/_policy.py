@@ -26,54 +26,72 @@ Every delay the three added modes return lies in ``[0, maxDelay]`` and none
 of them compounds its own noise.
 """
 
+from __future__ import annotations
+
 import math
 import numbers
+from typing import Literal, Protocol, TypeVar, cast
 
-__all__ = ["JITTER_MODES", "validate_policy_value", "jittered_delay"]
+__all__ = ["JITTER_MODES", "JitterMode", "SupportsUniform", "validate_policy_value", "jittered_delay"]
 
-JITTER_MODES = ("twisted", "full", "equal", "decorrelated")
+#: The values ``jitterMode`` accepts.
+JitterMode = Literal["twisted", "full", "equal", "decorrelated"]
+
+JITTER_MODES: tuple[JitterMode, ...] = ("twisted", "full", "equal", "decorrelated")
+
+_V = TypeVar("_V")
 
 
-def _is_real(value):
+class SupportsUniform(Protocol):
+    """What the added jitter modes draw from: ``random.Random`` or the
+    ``random`` module itself."""
+
+    def uniform(self, a: float, b: float) -> float: ...
+
+
+def _is_real(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
-def _require_real(name, value):
+def _require_real(name: str, value: object) -> float:
+    """``value`` itself, once known to be a real number other than NaN."""
     if not _is_real(value):
         raise ValueError(f"{name} must be a number, got {value!r}")
-    if math.isnan(value):
+    number = cast(float, value)  # a numbers.Real: compares and converts as a float
+    if math.isnan(number):
         raise ValueError(f"{name} must not be NaN, got {value!r}")
+    return number
 
 
-def validate_policy_value(name, value):
+def validate_policy_value(name: str, value: _V) -> _V:
     """Check one policy attribute; raise ``ValueError`` naming it when bad.
 
     Returns the value unchanged. Unknown names are not checked here.
     """
     if name in ("initialDelay", "maxDelay", "delay"):
-        _require_real(name, value)
-        if value < 0:
+        number = _require_real(name, value)
+        if number < 0:
             raise ValueError(f"{name} must be >= 0, got {value!r}")
-        if name in ("initialDelay", "delay") and math.isinf(value):
+        if name in ("initialDelay", "delay") and math.isinf(number):
             raise ValueError(f"{name} must be finite, got {value!r}")
     elif name == "factor":
-        _require_real(name, value)
-        if not 1 <= value < math.inf:
+        number = _require_real(name, value)
+        if not 1 <= number < math.inf:
             raise ValueError(f"factor must be >= 1 and finite, got {value!r}")
     elif name == "jitter":
-        _require_real(name, value)
-        if not 0 <= value < 1:
+        number = _require_real(name, value)
+        if not 0 <= number < 1:
             raise ValueError(f"jitter must be in [0, 1), got {value!r}")
     elif name == "maxRetries":
         if value is not None:
             if not isinstance(value, numbers.Integral) or isinstance(value, bool):
                 raise ValueError(f"maxRetries must be None or an integer >= 0, got {value!r}")
-            if value < 0:
+            if cast(int, value) < 0:
                 raise ValueError(f"maxRetries must be >= 0, got {value!r}")
     elif name == "maxElapsed":
         if value is not None:
-            _require_real(name, value)
-            if not 0 <= value < math.inf:
+            number = _require_real(name, value)
+            if not 0 <= number < math.inf:
                 raise ValueError(f"maxElapsed must be None or a finite number >= 0, got {value!r}")
     elif name == "jitterMode":
         if value not in JITTER_MODES:
@@ -83,7 +101,16 @@ def validate_policy_value(name, value):
     return value
 
 
-def jittered_delay(mode, *, base, previous, initial, factor, max_delay, rng):
+def jittered_delay(
+    mode: str,
+    *,
+    base: float,
+    previous: float,
+    initial: float,
+    factor: float,
+    max_delay: float,
+    rng: SupportsUniform,
+) -> float:
     """Return the wait before the next attempt under one of the added modes.
 
     ``base`` is the un-jittered exponential delay for this retry (already

@@ -15,13 +15,15 @@ connection does not by itself start a back-off: the next attempt tells.
 import collections
 import numbers
 
-from ._core import _DEFAULT_HOOK_TIMEOUT, _Handle, _Pending
+from ._connection import Owner
+from ._handle import _DEFAULT_HOOK_TIMEOUT, Handle, _live, _Pending
+from ._liveness import Liveness
 from ._state import State
 
 __all__ = ["ReconnectingPool"]
 
 
-class ReconnectingPool(_Handle):
+class ReconnectingPool(Liveness, Handle):
     """Up to ``size`` connections for thread-pool workers (or greenlets),
     leased one per caller, sharing one back-off schedule.
 
@@ -31,7 +33,8 @@ class ReconnectingPool(_Handle):
     different connections. ``state`` is ``CONNECTED`` while any connection is
     up, ``CONNECTING`` while attempts run with none up, ``WAITING`` during
     the back-off (or with nothing to do), ``STOPPED`` when the factory gave
-    up, ``CLOSED`` after :meth:`close`. Thread-safe.
+    up (or user code raised), ``CLOSED`` after :meth:`close`. Thread-safe;
+    user code and fork as for the client.
     """
 
     def __init__(self, connector, size, factory=None, backend="auto", clock=None,
@@ -41,19 +44,40 @@ class ReconnectingPool(_Handle):
             raise ValueError(f"size must be an integer >= 1, got {size!r}")
         super().__init__(connector, factory, backend, clock, on_connect, on_disconnect, name,
                          on_connect_timeout, lost_on)
-        self.size = int(size)
+        self.size = int(size)    # immutable
         self._keeps_idle = True
-        self._idle = collections.deque()
+        self._heartbeat = None
+        # Under the lock:
+        self._idle = collections.deque()  # IDLE connections, most recently used last
         self._conns = set()      # live connections, idle or leased
         self._attempts = set()   # _Pending handles in flight
-        self._probe = None
-        self._backoff = False
+        self._probe = None       # the attempt the factory's retry started
+        self._backoff = False    # an attempt failed: wait for the factory's retry
         self._stopped = False
         self._probes = 0
 
     def __repr__(self):
         return (f"<ReconnectingPool {self.name!r} {self._state.name} "
                 f"{len(self._conns)}/{self.size} backend={self._backend.name}>")
+
+    def reconnect_now(self):
+        """After the factory gave up or user code raised (``STOPPED``):
+        reset the factory's delay and start trying again. No effect
+        otherwise, before :meth:`start` or after :meth:`close`."""
+        self._enter()
+        if self._closed or self._state is State.IDLE:
+            return
+        self._on_loop(self._do_reconnect_now)
+
+    def _do_reconnect_now(self):
+        with self._lock:
+            if self._closed or not self._stopped:
+                return
+            self._halted = None
+            self._stopped = self._backoff = False
+            self._update_state_locked()
+
+        self._factory_calls([("resetDelay", ())], lambda _: self._fill(1))
 
     @property
     def probes(self):
@@ -62,6 +86,7 @@ class ReconnectingPool(_Handle):
 
     def start(self):
         """Start: the first connection attempt begins at once. Returns ``self``."""
+        self._enter()
         with self._lock:
             if self._state is not State.IDLE:
                 raise RuntimeError(f"{self!r} was already started")
@@ -70,6 +95,7 @@ class ReconnectingPool(_Handle):
             self._changed_locked()
         self._track_factory_clock()
         self._backend.acquire()
+        _live.add(self)
         self._backend.call_soon(self._fill, 1)
         return self
 
@@ -83,8 +109,8 @@ class ReconnectingPool(_Handle):
         idle = self._idle
         while idle:
             conn = idle.pop()  # the most recently used: least likely to be stale
-            if not conn.dead:
-                conn.leased = True
+            if conn.owner is Owner.IDLE:
+                conn.owner = Owner.LEASED
                 return conn
         return None
 
@@ -95,7 +121,7 @@ class ReconnectingPool(_Handle):
         pending = len(self._attempts)
         if not self._conns:
             return 1 - pending  # nothing proves the server is up: one at a time
-        need = len(self._queue) - pending - len(self._idle)
+        need = len(self._leases) - pending - len(self._idle)
         return min(need, self.size - len(self._conns) - pending)
 
     def _returned_locked(self, conn):
@@ -131,7 +157,7 @@ class ReconnectingPool(_Handle):
 
     def _fill(self, minimum=0):
         with self._lock:
-            if self._closed or self._stopped or self._backoff:
+            if self._closed or self._stopped or self._backoff or self._halted is not None:
                 return
             n = max(minimum - len(self._attempts) - len(self._conns), self._room_locked())
             handles = [_Pending() for _ in range(max(0, n))]
@@ -142,12 +168,13 @@ class ReconnectingPool(_Handle):
             self._start_attempt(handle)
 
     def _start_attempt(self, handle):
-        self.factory.doStart()
-        self.factory.startedConnecting(self._connector)
-        with self._lock:
-            if handle not in self._attempts or self._closed:
-                return
-        self._launch(handle, self._attempt_done)
+        def launch(_):
+            with self._lock:
+                current = handle in self._attempts and not self._closed
+            if current:
+                self._launch(handle, self._attempt_done)
+
+        self._factory_calls([("doStart", ()), ("startedConnecting", (self._connector,))], launch)
 
     def _attempt_done(self, handle, sock, exc):
         with self._lock:
@@ -163,16 +190,35 @@ class ReconnectingPool(_Handle):
         if exc is not None:
             self._attempt_failed(probe, exc)
             return
-        self.factory.resetDelay()
+        self._factory_calls([("resetDelay", ())], lambda _: self._connected(handle, sock))
+
+    def _connected(self, handle, sock):
         with self._lock:
-            self._backoff = False
-            self._stopped = False
-            conn = self._new_connection_locked(sock, handle.session)
-            self._conns.add(conn)
-            if not self._handoff_locked(conn):
-                self._idle.append(conn)
-            self._update_state_locked()
+            usable = not self._closed and self._halted is None
+            if usable:
+                conn = self._new_connection_locked(sock, handle.session)
+        if not usable:
+            sock.close()
+            return
         self._watch(conn)
+        with self._lock:
+            if self._closed:
+                conn.owner = Owner.DEAD
+            else:
+                self._backoff = False
+                self._stopped = False
+                self._conns.add(conn)
+                ticket = self._leases.hand(conn)
+                if ticket is not None:
+                    conn.owner = Owner.LEASED
+                else:
+                    self._idle.append(conn)
+                self._update_state_locked()
+        if conn.owner is Owner.DEAD:
+            self._close_conn(conn)
+            return
+        if ticket is not None:
+            ticket.event.set()
         self._fill()
 
     def _attempt_failed(self, probe, exc):
@@ -183,17 +229,17 @@ class ReconnectingPool(_Handle):
             self._stats.last_error = reason
             tell = probe or not self._backoff
             self._backoff = True
+        calls = [("doStop", ())]
         if tell:
-            self.factory.clientConnectionFailed(self._connector, reason)
-        self.factory.doStop()
-        self._after_factory()
+            calls.insert(0, ("clientConnectionFailed", (self._connector, reason)))
+        self._factory_calls(calls, lambda _: self._after_factory())
 
     def _after_factory(self):
         factory = self.factory
         gave_up = not factory.continueTrying or (
             callable(getattr(factory, "gaveUp", None)) and factory.gaveUp())
         with self._lock:
-            if self._closed:
+            if self._closed or self._halted is not None:
                 return
             if gave_up and self._probe is None:
                 self._stopped = True
@@ -203,34 +249,68 @@ class ReconnectingPool(_Handle):
 
     def _lost(self, conn, exc):
         self._close_conn(conn)
-        self.factory.doStop()  # each connection was one doStart()
+        self._factory_calls([("doStop", ())])  # each connection was one doStart()
         if self._closed:
             return
         if self._on_disconnect is not None:
-            self._backend.run_callback(self._on_disconnect, self._loss_reason(exc))
+            self._user_callback("on_disconnect()", self._on_disconnect, self._loss_reason(exc))
         self._fill()
 
+    def _halt_locked(self):
+        to_close = list(self._attempts)
+        self._attempts = set()
+        self._probe = None
+        for conn in list(self._conns):
+            if conn.owner is Owner.LEASED:
+                conn.doomed = conn.doomed or self._halted
+            else:
+                conn.owner = Owner.DEAD
+                to_close.append(conn)
+                self._conns.discard(conn)
+        self._idle.clear()
+        self._stopped = True
+        self._update_state_locked()
+        return to_close
+
     def _shutdown(self):
-        try:
-            self.factory.stopTrying()
-        finally:
-            self._factory_clock.cancel_all()
-            with self._lock:
-                attempts, self._attempts = list(self._attempts), set()
-                conns, self._conns = list(self._conns), set()
-                self._idle.clear()
-            for handle in attempts:
-                handle.cancel()
+        with self._lock:
+            attempts, self._attempts = list(self._attempts), set()
+            conns, self._conns = list(self._conns), set()
+            self._idle.clear()
             for conn in conns:
-                conn.dead = True
-                self._close_conn(conn)
-                self.factory.doStop()
-            self._connector._release(self)
+                conn.owner = Owner.DEAD
+        for handle in attempts:
+            self._cancel_attempt(handle)
+        for conn in conns:
+            self._close_conn(conn)
+        self._factory_calls([("stopTrying", ())] + [("doStop", ())] * len(conns))
+        self._untrack_factory_clock()
+        self._connector._release(self)
+
+    def _forked(self):
+        self._forked_locked_state()
+        attempts, self._attempts = list(self._attempts), set()
+        self._probe = None
+        for handle in attempts:
+            if handle.attempt is not None:
+                handle.attempt.cancel()
+        conns, self._conns = list(self._conns), set()
+        self._idle.clear()
+        for conn in conns:
+            self._drop_in_child(conn)
+        self._backoff = False
+
+    def _revived(self):
+        with self._lock:
+            self._update_state_locked()
+        self._fill(1)
 
     # -- connector side (the factory's retries land here) -------------------------
 
     def _connector_connect(self, connector):
         with self._lock:
+            if self._halted is not None:
+                return
             if not self._closed and self._probe is None and not self._conns:
                 # Seen at once by whoever called connect() (a clock being advanced).
                 self._state = State.CONNECTING
@@ -239,7 +319,7 @@ class ReconnectingPool(_Handle):
 
     def _probe_now(self):
         with self._lock:
-            if self._closed or self._probe is not None:
+            if self._closed or self._probe is not None or self._halted is not None:
                 return
             if len(self._conns) + len(self._attempts) >= self.size:
                 self._backoff = False
@@ -255,15 +335,25 @@ class ReconnectingPool(_Handle):
         with self._lock:
             attempts, self._attempts = list(self._attempts), set()
             self._probe = None
-        for handle in attempts:
-            handle.cancel()
-            self.factory.doStop()
-        if attempts:
-            self._after_factory()
-        return bool(attempts)
+        if not attempts:
+            return False
+
+        def stop():
+            for handle in attempts:
+                self._cancel_attempt(handle)
+            self._factory_calls([("doStop", ())] * len(attempts), lambda _: self._after_factory())
+
+        self._soon_on_loop(stop)
+        return True
 
     def _connector_disconnect(self, connector):
+        reason = ConnectionAbortedError("disconnect() was called")
         with self._lock:
-            conns = [c for c in self._conns if not c.leased]
+            conns = []
+            for conn in self._conns:
+                if conn.owner is Owner.LEASED:
+                    conn.doomed = conn.doomed or reason  # discarded when its lease ends
+                else:
+                    conns.append(conn)
         for conn in conns:
-            self._mark_lost(conn, ConnectionAbortedError("disconnect() was called"))
+            self._mark_lost(conn, reason)

@@ -13,11 +13,15 @@ Theory of operation: time jumps from one scheduled call to the next
 costs about one factory call per connection attempt.
 """
 
+from __future__ import annotations
+
 import bisect
 import heapq
 import math
 import numbers
 import random
+from collections.abc import Mapping
+from typing import Any
 
 from ._errors import NotConnectingError
 from ._factory import ReconnectingClientFactory
@@ -38,12 +42,12 @@ MAX_HERD_ATTEMPTS = 1_000_000
 _REFUSED = ConnectionRefusedError("simulated: server down")
 
 
-def policy_of(factory):
+def policy_of(factory: ReconnectingClientFactory) -> dict[str, Any]:
     """The policy attributes of ``factory`` as a plain dict (JSON-ready)."""
     return {name: getattr(factory, name) for name in POLICY_ATTRIBUTES}
 
 
-def _advance_to(clock, when):
+def _advance_to(clock: FakeClock, when: float) -> None:
     """Advance ``clock`` so that its time is at least ``when``, running what
     falls due. Subtracting and adding back floats can land one ulp short of
     ``when``, which would leave the call due at ``when`` unrun."""
@@ -57,7 +61,7 @@ def _advance_to(clock, when):
     clock.advance(amount)
 
 
-def _percentile(ordered, q):
+def _percentile(ordered: list[float], q: float) -> float:
     """The ``q``-th percentile (0..100) of a sorted, non-empty list, by
     linear interpolation between closest ranks (numpy's default)."""
     if len(ordered) == 1:
@@ -71,21 +75,22 @@ def _percentile(ordered, q):
     return ordered[lo] + (ordered[hi] - ordered[lo]) * frac
 
 
-def _check_count(name, value):
+def _check_count(name: str, value: object) -> int:
     if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     return int(value)
 
 
-def _check_seconds(name, value, *, positive=False):
+def _check_seconds(name: str, value: object, *, positive: bool = False) -> float:
     if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
-    if value < 0 or (positive and value == 0):
+    seconds = float(value)
+    if seconds < 0 or (positive and seconds == 0):
         raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'}, got {value!r}")
-    return float(value)
+    return seconds
 
 
-def _factory_kwargs(policy):
+def _factory_kwargs(policy: Mapping[str, Any] | None) -> dict[str, Any]:
     kwargs = dict(policy or {})
     for reserved in ("clock", "rng", "noisy"):
         if reserved in kwargs:
@@ -96,29 +101,31 @@ def _factory_kwargs(policy):
 class _RecordingConnector:
     """An ``IConnector`` that only counts ``connect()`` calls."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.connects = 0
 
-    def connect(self):
+    def connect(self) -> None:
         self.connects += 1
 
-    def stopConnecting(self):
+    def stopConnecting(self) -> None:
         raise NotConnectingError("no attempt in progress", destination="simulated")
 
-    def disconnect(self):
+    def disconnect(self) -> None:
         pass
 
-    def getDestination(self):
+    def getDestination(self) -> str:
         return "simulated"
 
 
-def _stop_reason(factory):
+def _stop_reason(factory: ReconnectingClientFactory) -> str:
     if factory.maxRetries is not None and factory.retries > factory.maxRetries:
         return "maxRetries"
     return "maxElapsed"
 
 
-def sample_schedule(policy=None, *, attempts=10, samples=1000, seed=0):
+def sample_schedule(
+    policy: Mapping[str, Any] | None = None, *, attempts: int = 10, samples: int = 1000, seed: int = 0
+) -> dict[str, Any]:
     """Run the factory ``samples`` times and summarize its delays.
 
     ``policy`` is a dict of factory keyword arguments (``initialDelay``,
@@ -148,11 +155,11 @@ def sample_schedule(policy=None, *, attempts=10, samples=1000, seed=0):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     kwargs = _factory_kwargs(policy)
 
-    delays = [[] for _ in range(attempts)]
-    cumulative = [[] for _ in range(attempts)]
-    stopped_at = []
-    reasons = set()
-    described = None
+    delays: list[list[float]] = [[] for _ in range(attempts)]
+    cumulative: list[list[float]] = [[] for _ in range(attempts)]
+    stopped_at: list[int] = []
+    reasons: set[str] = set()
+    described: dict[str, Any] | None = None
     for k in range(samples):
         clock = FakeClock()
         factory = ReconnectingClientFactory(
@@ -175,7 +182,7 @@ def sample_schedule(policy=None, *, attempts=10, samples=1000, seed=0):
                 raise RuntimeError("the scheduled retry did not call connector.connect()")
             cumulative[i].append(clock.seconds())
 
-    schedule = []
+    schedule: list[dict[str, Any]] = []
     for i in range(attempts):
         if not delays[i]:
             break
@@ -188,7 +195,7 @@ def sample_schedule(policy=None, *, attempts=10, samples=1000, seed=0):
             "cumulative_median": _percentile(sorted(cumulative[i]), 50),
             "samples": len(ordered),
         })
-    stopped = None
+    stopped: dict[str, Any] | None = None
     if stopped_at:
         stopped = {
             "reason": " and ".join(sorted(reasons)),
@@ -206,7 +213,7 @@ def sample_schedule(policy=None, *, attempts=10, samples=1000, seed=0):
     }
 
 
-def _peak(times, window):
+def _peak(times: list[float], window: float) -> int:
     """The most entries of the sorted list ``times`` in any half-open
     interval ``[t, t + window)``."""
     best = 0
@@ -222,14 +229,16 @@ def _peak(times, window):
 class _Herd:
     """The shared state of one herd simulation; see :func:`simulate_herd`."""
 
-    def __init__(self, n, down, kwargs, seed, clock):
+    def __init__(
+        self, n: int, down: float, kwargs: dict[str, Any], seed: int | str, clock: FakeClock
+    ) -> None:
         self.down = down
         self.clock = clock
-        self.times = []
-        self.back = [None] * n
+        self.times: list[float] = []
+        self.back: list[float | None] = [None] * n
         self.gave_up = 0
-        self.due = []  # heap of the times at which retries are scheduled
-        self.max_attempts = None
+        self.due: list[float] = []  # heap of the times at which retries are scheduled
+        self.max_attempts = MAX_HERD_ATTEMPTS  # run() sets it
         self.clients = [
             _HerdClient(self, i, ReconnectingClientFactory(
                 clock=clock, rng=random.Random(f"rcf_sync-herd:{seed}:{i}"),
@@ -238,14 +247,14 @@ class _Herd:
             for i in range(n)
         ]
 
-    def scheduled(self, factory):
+    def scheduled(self, factory: ReconnectingClientFactory) -> None:
         call = factory._callID
         if call is None:
             self.gave_up += 1
         else:
             heapq.heappush(self.due, call.getTime())
 
-    def run(self, max_attempts):
+    def run(self, max_attempts: int) -> None:
         for client in self.clients:
             client.factory.clientConnectionLost(client, _REFUSED)
             self.scheduled(client.factory)
@@ -253,7 +262,7 @@ class _Herd:
         while self.due:
             _advance_to(self.clock, heapq.heappop(self.due))
 
-    def attempt(self, now):
+    def attempt(self, now: float) -> None:
         self.times.append(now)
         # Checked here rather than between clock advances: delays that shrink
         # towards zero (Twisted's jitter with factor 1) keep one advance
@@ -271,12 +280,12 @@ class _HerdClient:
 
     __slots__ = ("herd", "index", "factory")
 
-    def __init__(self, herd, index, factory):
+    def __init__(self, herd: _Herd, index: int, factory: ReconnectingClientFactory) -> None:
         self.herd = herd
         self.index = index
         self.factory = factory
 
-    def connect(self):
+    def connect(self) -> None:
         herd = self.herd
         now = herd.clock.seconds()
         herd.attempt(now)
@@ -287,18 +296,27 @@ class _HerdClient:
             self.factory.resetDelay()
             herd.back[self.index] = now
 
-    def stopConnecting(self):
+    def stopConnecting(self) -> None:
         raise NotConnectingError("no attempt in progress", destination=self.getDestination())
 
-    def disconnect(self):
+    def disconnect(self) -> None:
         pass
 
-    def getDestination(self):
+    def getDestination(self) -> str:
         return f"simulated client {self.index}"
 
 
-def simulate_herd(n, *, down, policy=None, jitter_mode="twisted", seed=0, window=0.1,
-                  keep_times=False, max_attempts=MAX_HERD_ATTEMPTS):
+def simulate_herd(
+    n: int,
+    *,
+    down: float,
+    policy: Mapping[str, Any] | None = None,
+    jitter_mode: str = "twisted",
+    seed: int | str = 0,
+    window: float = 0.1,
+    keep_times: bool = False,
+    max_attempts: int = MAX_HERD_ATTEMPTS,
+) -> dict[str, Any]:
     """Simulate ``n`` clients that lose their server at the same instant.
 
     Every client has its own factory built from ``policy`` (a dict of factory
@@ -348,7 +366,8 @@ def simulate_herd(n, *, down, policy=None, jitter_mode="twisted", seed=0, window
 
     times = herd.times
     after = times[bisect.bisect_left(times, down):]
-    result = {
+    back = [t for t in herd.back if t is not None]  # all of them, when nobody gave up
+    result: dict[str, Any] = {
         "clients": n,
         "down": down,
         "window": window,
@@ -358,7 +377,7 @@ def simulate_herd(n, *, down, policy=None, jitter_mode="twisted", seed=0, window
         "attempts_after_return": len(after),
         "peak_per_window": _peak(times, window),
         "peak_after_return": _peak(after, window),
-        "all_back_after": None if herd.gave_up else max(herd.back) - down,
+        "all_back_after": None if herd.gave_up else max(back) - down,
         "gave_up": herd.gave_up,
     }
     if keep_times:

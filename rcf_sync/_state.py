@@ -6,6 +6,8 @@ there. The client feeds it every change so that ``state`` can only move the
 way this table says.
 """
 
+from __future__ import annotations
+
 import enum
 
 __all__ = ["State", "Event", "transition"]
@@ -39,6 +41,7 @@ class Event(enum.Enum):
     FAILED = "failed"        # an attempt failed
     LOST = "lost"            # an established connection died
     GAVE_UP = "gave up"      # the factory will schedule nothing more
+    HALT = "halt"            # user code raised: stop until reconnect_now()
     CLOSE = "close"
 
 
@@ -54,10 +57,14 @@ _TABLE = {
     (S.WAITING, E.GAVE_UP): S.STOPPED,
     (S.STOPPED, E.ATTEMPT): S.CONNECTING,
     (S.STOPPED, E.GAVE_UP): S.STOPPED,
+    (S.CONNECTING, E.HALT): S.STOPPED,
+    (S.CONNECTED, E.HALT): S.STOPPED,
+    (S.WAITING, E.HALT): S.STOPPED,
+    (S.STOPPED, E.HALT): S.STOPPED,
 }
 
 
-def transition(state, event):
+def transition(state: State, event: Event) -> State:
     """Return the state that ``event`` leads to from ``state``.
 
     ``CLOSE`` leads to ``CLOSED`` from anywhere; ``CLOSED`` is final.

@@ -9,28 +9,31 @@ hands back the due calls, marked as called, for the owner to run outside the
 lock. Both ``FakeClock`` and the thread backend's real clock are built on it.
 """
 
+from __future__ import annotations
+
 import heapq
 import itertools
 import math
 import numbers
 import threading
+from typing import Any, Callable
 
 from ._errors import AlreadyCalled, AlreadyCancelled
 
 __all__ = ["DelayedCall", "TimerQueue", "check_delay"]
 
 
-def check_delay(seconds, what="delay"):
+def check_delay(seconds: object, what: str = "delay") -> float:
     """Return ``seconds`` as a float, or raise ``TypeError``/``ValueError``
     for a non-number or NaN (negative values are the caller's to judge)."""
-    if type(seconds) is float and seconds == seconds:  # the usual case, not NaN
+    if type(seconds) is float and not math.isnan(seconds):  # the usual case
         return seconds
     if not isinstance(seconds, numbers.Real) or isinstance(seconds, bool):
         raise TypeError(f"{what} must be a number of seconds, got {seconds!r}")
-    seconds = float(seconds)
-    if math.isnan(seconds):
+    number = float(seconds)
+    if math.isnan(number):
         raise ValueError(f"{what} must not be NaN")
-    return seconds
+    return number
 
 
 class DelayedCall:
@@ -43,7 +46,18 @@ class DelayedCall:
 
     __slots__ = ("_queue", "_time", "_seq", "func", "args", "kw", "called", "cancelled")
 
-    def __init__(self, queue, time, func, args, kw):
+    func: Callable[..., object] | None
+    args: tuple[Any, ...] | None
+    kw: dict[str, Any] | None
+
+    def __init__(
+        self,
+        queue: TimerQueue,
+        time: float,
+        func: Callable[..., object],
+        args: tuple[Any, ...],
+        kw: dict[str, Any],
+    ) -> None:
         self._queue = queue
         self._time = time
         self._seq = 0
@@ -51,32 +65,35 @@ class DelayedCall:
         self.called = 0
         self.cancelled = 0
 
-    def getTime(self):
+    def getTime(self) -> float:
         """The clock time at which the call will run."""
         return self._time
 
-    def active(self):
+    def active(self) -> bool:
         """True until the call has run or been cancelled."""
         return not (self.called or self.cancelled)
 
-    def cancel(self):
+    def cancel(self) -> None:
         """Unschedule the call."""
         self._queue._cancel(self)
 
-    def reset(self, secondsFromNow):
+    def reset(self, secondsFromNow: float) -> None:
         """Run the call ``secondsFromNow`` after the clock's present time."""
         self._queue._move(self, check_delay(secondsFromNow, "secondsFromNow"), relative_to_now=True)
 
-    def delay(self, secondsLater):
+    def delay(self, secondsLater: float) -> None:
         """Run the call ``secondsLater`` after the time it is now scheduled for."""
         self._queue._move(self, check_delay(secondsLater, "secondsLater"), relative_to_now=False)
 
-    def __call__(self):
+    def __call__(self) -> object:
+        """Run the call (once: the clock that owns it does so)."""
         func, args, kw = self.func, self.args, self.kw
+        if func is None or args is None or kw is None:
+            raise RuntimeError(f"{self!r} has nothing left to run")
         self.func = self.args = self.kw = None
         return func(*args, **kw)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         state = "called" if self.called else "cancelled" if self.cancelled else "active"
         name = getattr(self.func, "__qualname__", None) or repr(self.func)
         return f"<DelayedCall {state} at {self._time:.6f}: {name}>"
@@ -90,18 +107,28 @@ class TimerQueue:
     earliest, so a sleeping loop can wake up.
     """
 
-    def __init__(self, seconds, on_earlier=None):
+    def __init__(
+        self, seconds: Callable[[], float], on_earlier: Callable[[], object] | None = None
+    ) -> None:
         self._seconds = seconds
         self._on_earlier = on_earlier
-        self._heap = []
+        self._heap: list[tuple[float, int, DelayedCall]] = []
         self._counter = itertools.count()
         self._lock = threading.Lock()
         self._active = 0
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self._active
 
-    def schedule(self, when, func, args, kw):
+    def reset_lock(self) -> None:
+        """In a forked child: a lock another thread held at the fork stays
+        held there; the heap itself is kept."""
+        self._lock = threading.Lock()
+
+    def schedule(
+        self, when: float, func: Callable[..., object], args: tuple[Any, ...], kw: dict[str, Any]
+    ) -> DelayedCall:
+        """Add a call due at clock time ``when``; return it."""
         call = DelayedCall(self, when, func, args, kw)
         with self._lock:
             self._active += 1
@@ -111,24 +138,24 @@ class TimerQueue:
             self._on_earlier()
         return call
 
-    def _push(self, call):
+    def _push(self, call: DelayedCall) -> None:
         call._seq = next(self._counter)
         heapq.heappush(self._heap, (call._time, call._seq, call))
 
-    def _check(self, call):
+    def _check(self, call: DelayedCall) -> None:
         if call.cancelled:
             raise AlreadyCancelled("this call was already cancelled")
         if call.called:
             raise AlreadyCalled("this call has already run")
 
-    def _cancel(self, call):
+    def _cancel(self, call: DelayedCall) -> None:
         with self._lock:
             self._check(call)
             call.cancelled = 1
             call.func = call.args = call.kw = None
             self._active -= 1
 
-    def _move(self, call, seconds, relative_to_now):
+    def _move(self, call: DelayedCall, seconds: float, relative_to_now: bool) -> None:
         with self._lock:
             self._check(call)
             call._time = (self._seconds() if relative_to_now else call._time) + seconds
@@ -137,7 +164,7 @@ class TimerQueue:
         if earliest and self._on_earlier is not None:
             self._on_earlier()
 
-    def _prune(self):
+    def _prune(self) -> DelayedCall | None:
         heap = self._heap
         while heap:
             when, seq, call = heap[0]
@@ -147,16 +174,16 @@ class TimerQueue:
                 return call
         return None
 
-    def next_time(self):
+    def next_time(self) -> float | None:
         """The time of the earliest pending call, or ``None``."""
         with self._lock:
             call = self._prune()
             return None if call is None else call._time
 
-    def pop_due(self, now, limit=None):
+    def pop_due(self, now: float, limit: int | None = None) -> list[DelayedCall]:
         """Remove and return, in order, the calls due at ``now`` (at most
         ``limit``), each already marked as called."""
-        due = []
+        due: list[DelayedCall] = []
         with self._lock:
             while limit is None or len(due) < limit:
                 call = self._prune()
@@ -168,14 +195,14 @@ class TimerQueue:
                 due.append(call)
         return due
 
-    def pending(self):
+    def pending(self) -> list[DelayedCall]:
         """The active calls, earliest first."""
         with self._lock:
             calls = [c for (_, seq, c) in self._heap if c.active() and seq == c._seq]
         calls.sort(key=lambda c: (c._time, c._seq))
         return calls
 
-    def clear(self):
+    def clear(self) -> int:
         """Cancel every pending call; return how many there were."""
         with self._lock:
             n = 0

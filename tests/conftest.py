@@ -9,7 +9,7 @@ import time
 import pytest
 
 from rcf_sync.testing import EchoServer
-from rcf_sync.testing import echo_round_trip as echo  # noqa: F401 (for the test modules)
+from rcf_sync.testing import echo_round_trip as echo
 
 BACKENDS = ["thread", "gevent"]
 
@@ -170,16 +170,21 @@ def no_leaks(server):
     assert sockets == [], f"sockets left open: {sockets}"
 
 
-def _new_sockets(fds_before):
-    # A descriptor number may be reused; count only what is a socket now.
-    sockets = []
-    for fd in open_fds() - fds_before:
+def socket_fds(fds=None):
+    """Which of ``fds`` (default: every open descriptor) are sockets now."""
+    out = set()
+    for fd in open_fds() if fds is None else fds:
         try:
             if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
-                sockets.append(fd)
+                out.add(fd)
         except OSError:
             pass
-    return sockets
+    return out
+
+
+def _new_sockets(fds_before):
+    # A descriptor number may be reused; count only what is a socket now.
+    return sorted(socket_fds(open_fds() - fds_before))
 
 
 def unique_payload_run(kit, handle, server, workers=8, requests=40, restarts=5):
@@ -190,8 +195,17 @@ def unique_payload_run(kit, handle, server, workers=8, requests=40, restarts=5):
     from rcf_sync import ConnectionLost, ConnectTimeout
 
     mismatches, done, errors = [], [], []
+    progress = kit.event()
+    finished = []
 
     def worker(n):
+        try:
+            run(n)
+        finally:
+            finished.append(n)
+            progress.set()
+
+    def run(n):
         for i in range(requests):
             payload = f"<{n}:{i}>".encode() * 8
             try:
@@ -202,10 +216,14 @@ def unique_payload_run(kit, handle, server, workers=8, requests=40, restarts=5):
             if got != payload:
                 mismatches.append((payload, got))
             done.append(1)
+            progress.set()
 
     spawned = [kit.spawn(worker, n) for n in range(workers)]
     for _ in range(restarts):
-        kit.sleep(0.02)  # let requests run between restarts
+        # Requests complete between restarts (or every worker has finished).
+        if len(finished) < workers:
+            assert progress.wait(10)
+        progress.clear()
         server.stop()
         server.start()
     kit.join_all(spawned, 60)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import our_threads
 
 from rcf_sync import (
     AlreadyCalled,
@@ -30,8 +31,6 @@ from rcf_sync import (
 from rcf_sync._backends import _base, get_backend, socket_is_patched
 from rcf_sync._backends._thread import ThreadClock
 from rcf_sync.testing import FakeClock
-
-from conftest import our_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -66,3 +66,21 @@ def test_console_script_help_lists_commands():
     assert result.returncode == 0
     for word in ("demo", "wait", "schedule", "exit codes"):
         assert word in result.stdout
+
+
+def test_version_flag_prints_the_package_version():
+    """If --version is given, then the command prints the installed version and exits 0."""
+    import rcf_sync
+
+    result = run("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"rcf-sync {rcf_sync.__version__}"
+
+
+def test_version_flag_through_main(capsys):
+    """If main() gets --version, then it returns 0 (not SystemExit) after printing the version."""
+    from rcf_sync import __version__
+    from rcf_sync._cli import main
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"rcf-sync {__version__}"

@@ -5,6 +5,7 @@ import socket
 import time
 
 import pytest
+from conftest import echo, our_threads, unique_payload_run
 
 import rcf_sync
 from rcf_sync import (
@@ -17,8 +18,6 @@ from rcf_sync import (
     State,
 )
 from rcf_sync.testing import FakeClock
-
-from conftest import echo, our_threads, unique_payload_run
 
 S = State
 
@@ -64,7 +63,10 @@ def test_success_after_failures_resets_delay(kit, server, free_port, no_leaks):
     """If a connection succeeds after failures, then the client calls resetDelay()."""
     clock = FakeClock()
     port_holder = {"port": free_port}
-    target = lambda: socket.create_connection(("127.0.0.1", port_holder["port"]), 2)
+
+    def target():
+        return socket.create_connection(("127.0.0.1", port_holder["port"]), 2)
+
     factory = ReconnectingClientFactory(initialDelay=1.0, jitter=0)
     with make(kit, target, clock, factory=factory) as c:
         c.wait_state(S.WAITING, timeout=5)
@@ -163,7 +165,7 @@ def test_lease_is_exclusive(kit, server, no_leaks):
 
         with c.connection(timeout=5):
             w = kit.spawn(second)
-            kit.sleep(0.05)  # give the second caller time to block on the lease
+            assert c.wait_waiting(1, timeout=5) == 1  # the second caller is blocked
             order.append("first-done")
         kit.join_all([w], 5)
     assert order == ["first-done", "second"]
@@ -351,7 +353,8 @@ def test_close_is_prompt_and_wakes_waiters(kit, server, free_port, hung_address,
 
         c_ev = kit.event()
         workers = [kit.spawn(waiter) for _ in range(3)]
-        kit.sleep(0.05)  # let the waiters block (nothing to wait on for that)
+        # Everyone blocks (when connected, one of them holds the lease).
+        c.wait_waiting(2 if where == "connected" else 3, timeout=5)
     start = time.monotonic()
     c.close()
     took = time.monotonic() - start

@@ -428,3 +428,13 @@ def test_cancels_from_another_thread_while_advancing_never_also_run(fast_thread_
     assert ran.isdisjoint(cancelled)
     assert ran | cancelled == set(range(n))
     assert clock.getDelayedCalls() == []
+
+
+def test_a_cancelled_call_invoked_directly_says_so():
+    """If a cancelled call is invoked anyway, then it raises RuntimeError naming the call, not a TypeError."""
+    clock = FakeClock()
+    call = clock.callLater(1, lambda: None)
+    call.cancel()
+    with pytest.raises(RuntimeError, match="nothing left to run"):
+        call()
+    assert clock.getDelayedCalls() == []

@@ -16,18 +16,18 @@ import pytest
 
 pytest.importorskip("twisted")
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from twisted.internet import error as twisted_error  # noqa: E402
-from twisted.internet import task  # noqa: E402
-from twisted.internet.interfaces import IDelayedCall, IReactorTime  # noqa: E402
-from twisted.internet.protocol import ReconnectingClientFactory as TwistedFactory  # noqa: E402
-from twisted.python import log as twisted_log  # noqa: E402
-from zope.interface.verify import verifyObject  # noqa: E402
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from twisted.internet import error as twisted_error
+from twisted.internet import task
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import ReconnectingClientFactory as TwistedFactory
+from twisted.python import log as twisted_log
+from zope.interface.verify import verifyObject
 
-import rcf_sync  # noqa: E402
-from rcf_sync import ReconnectingClientFactory as OurFactory  # noqa: E402
-from rcf_sync.testing import FakeClock  # noqa: E402
+import rcf_sync
+from rcf_sync import ReconnectingClientFactory as OurFactory
+from rcf_sync.testing import FakeClock
 
 CLOCKS = {"FakeClock": FakeClock, "task.Clock": task.Clock}
 
@@ -366,7 +366,7 @@ def test_subclass_retry_override_is_honoured_by_both():
 
         class Sub(base):
             def retry(self, connector=None):
-                calls.append(connector)
+                calls.append(connector)  # noqa: B023 (used within this iteration only)
 
         f = Sub()
         f.clock = task.Clock()
@@ -396,10 +396,10 @@ def test_log_prefix_and_do_start_do_stop_match():
             noisy = False
 
             def startFactory(self):
-                events.append(("start", self.numPorts))
+                events.append(("start", self.numPorts))  # noqa: B023 (this iteration only)
 
             def stopFactory(self):
-                events.append(("stop", self.numPorts))
+                events.append(("stop", self.numPorts))  # noqa: B023 (this iteration only)
 
         f = Sub()
         for op in ("doStart", "doStart", "doStop", "doStop", "doStop", "doStart"):
@@ -451,3 +451,55 @@ def test_round_trip_behaves_like_new_in_both(duplicate):
         runs.append((state, sorted(d.getTime() for d in f.clock.getDelayedCalls()), f.retries, f.delay))
     assert runs[0] == runs[1]
     assert runs[0][0] == (1.0, 0, 1, None, None, None, 1)
+
+
+def test_noisy_do_start_do_stop_log_the_same_lines():
+    """If a noisy factory is started twice and stopped three times, then both log the same start and stop lines."""
+    results = []
+    for base in (OurFactory, TwistedFactory):
+        class Sub(base):
+            def __repr__(self):
+                return "<factory>"
+
+        f = Sub()
+        with captured_logs() as lines:
+            for op in ("doStart", "doStart", "doStop", "doStop", "doStop"):
+                getattr(f, op)()
+        results.append((lines, f.numPorts))
+    assert results[0] == results[1] == (["Starting factory <factory>", "Stopping factory <factory>"], 0)
+
+
+def test_for_protocol_and_build_protocol_match():
+    """If forProtocol() and buildProtocol() are used alike, then both return the same kind of factory and protocol."""
+    from twisted.internet.protocol import Protocol as TwistedProtocol
+
+    results = []
+    for base in (OurFactory, TwistedFactory):
+        class Sub(base):
+            pass
+
+        f = Sub.forProtocol(TwistedProtocol)
+        p = f.buildProtocol(None)
+        results.append((type(f) is Sub, f.protocol, type(p), p.factory is f, sorted(f.__dict__)))
+    assert results[0] == results[1] == (True, TwistedProtocol, TwistedProtocol, True, ["protocol"])
+
+
+def test_our_protocol_matches_twisteds_protocol():
+    """If a connection is made on our Protocol and on Twisted's, then both set the same attributes and call connectionMade once."""
+    from twisted.internet.protocol import Protocol as TwistedProtocol
+
+    results = []
+    for base in (rcf_sync.Protocol, TwistedProtocol):
+        class P(base):
+            def connectionMade(self):
+                self.seen = (self.connected, self.transport)
+
+        p = P()
+        before = (p.connected, p.transport, p.factory)
+        transport = object()
+        p.makeConnection(transport)
+        p.dataReceived(b"x")
+        p.connectionLost()
+        results.append((before, p.seen == (1, transport), p.connected, p.transport is transport,
+                        p.logPrefix()))
+    assert results[0] == results[1] == ((0, None, None), True, 1, True, "P")

@@ -11,6 +11,8 @@ from rcf_sync import (
     AlreadyCalled,
     AlreadyCancelled,
     ClientClosed,
+    ConnectionAborted,
+    ConnectionDone,
     ConnectionLost,
     ConnectTimeout,
     GaveUp,
@@ -22,6 +24,8 @@ from rcf_sync._errors import _timeout_compatible
 ALL_ERRORS = [
     RCFError,
     ConnectionLost,
+    ConnectionDone,
+    ConnectionAborted,
     ConnectTimeout,
     GaveUp,
     ClientClosed,
@@ -32,6 +36,8 @@ ALL_ERRORS = [
 
 STDLIB_BASES = {
     ConnectionLost: ConnectionError,
+    ConnectionDone: ConnectionError,
+    ConnectionAborted: ConnectionError,
     ConnectTimeout: TimeoutError,
     NotConnectingError: RuntimeError,
     AlreadyCalled: ValueError,
@@ -118,7 +124,8 @@ def test_connect_timeout_is_a_timeout_error_not_a_connection_error():
     assert not isinstance(error, ConnectionError)
 
 
-@pytest.mark.parametrize("cls", [ConnectionLost, ConnectTimeout], ids=lambda v: v.__name__)
+@pytest.mark.parametrize("cls", [ConnectionLost, ConnectionDone, ConnectionAborted, ConnectTimeout],
+                         ids=lambda v: v.__name__)
 def test_oserror_subclasses_do_not_misread_arguments(cls):
     """If an OSError-based error gets three arguments, then they are not taken for errno, strerror and filename."""
     error = cls("msg", "dest", "why")
@@ -131,6 +138,24 @@ def test_errors_are_exported_under_the_package_name():
     for cls in ALL_ERRORS:
         assert getattr(rcf_sync, cls.__name__) is cls
         assert cls.__module__ == "rcf_sync"
+
+
+def test_connection_done_is_not_a_connection_lost():
+    """If an orderly close is reported as ConnectionDone, then except ConnectionLost does not catch it."""
+    with pytest.raises(ConnectionDone):
+        try:
+            raise ConnectionDone("closed cleanly", destination="h:1")
+        except ConnectionLost:  # pragma: no cover - the point of the test
+            pytest.fail("ConnectionDone was caught as ConnectionLost")
+    assert not issubclass(ConnectionDone, ConnectionLost)
+    assert not issubclass(ConnectionLost, ConnectionDone)
+
+
+def test_connection_aborted_is_a_connection_lost():
+    """If abortConnection() ends a connection, then its ConnectionAborted is caught by except ConnectionLost, as in Twisted."""
+    with pytest.raises(ConnectionLost):
+        raise ConnectionAborted("aborted", destination="h:1")
+    assert not issubclass(ConnectionAborted, ConnectionDone)
 
 
 def test_a_socket_timeout_is_reported_as_a_timeout_error():

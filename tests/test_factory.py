@@ -786,6 +786,122 @@ def test_log_prefix_is_class_name():
     assert InitialDelayFive().logPrefix() == "InitialDelayFive"
 
 
+def test_do_stop_without_users_does_nothing(caplog):
+    """If doStop() is called with numPorts at 0, then no hook runs, nothing is logged and numPorts stays 0."""
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    events = []
+
+    class Hooked(ReconnectingClientFactory):
+        def stopFactory(self):
+            events.append("stop")
+
+    f = Hooked()
+    f.doStop()
+    assert (events, f.numPorts, messages(caplog)) == ([], 0, [])
+    assert "numPorts" not in f.__dict__
+
+
+def test_quiet_factory_starts_and_stops_without_logging(caplog):
+    """If noisy is false, then doStart/doStop still run the hooks but log nothing."""
+    caplog.set_level(logging.DEBUG, logger=LOGGER)
+    events = []
+
+    class Hooked(ReconnectingClientFactory):
+        noisy = False
+
+        def startFactory(self):
+            events.append("start")
+
+        def stopFactory(self):
+            events.append("stop")
+
+    f = Hooked()
+    f.doStart()
+    f.doStop()
+    assert (events, messages(caplog)) == (["start", "stop"], [])
+
+
+class Recorder(rcf_sync.Protocol):
+    """A protocol class that remembers how it was made."""
+
+    def __init__(self):
+        self.made = True
+
+
+def test_build_protocol_makes_one_protocol_per_call_with_factory_set():
+    """If buildProtocol() is called, then it returns a new instance of protocol whose factory is this factory."""
+    f = ReconnectingClientFactory(protocol=Recorder)
+    first = f.buildProtocol(rcf_sync.IPv4Address("TCP", "127.0.0.1", 1))
+    second = f.buildProtocol(None)
+    assert type(first) is Recorder and type(second) is Recorder
+    assert first is not second
+    assert first.factory is f and second.factory is f and first.made
+
+
+def test_build_protocol_accepts_any_callable():
+    """If protocol is a plain callable, then buildProtocol() calls it with no arguments and sets factory on the result."""
+    made = []
+
+    def make():
+        made.append(1)
+        return rcf_sync.Protocol()
+
+    f = ReconnectingClientFactory(protocol=make)
+    p = f.buildProtocol(None)
+    assert made == [1] and p.factory is f
+
+
+def test_build_protocol_without_protocol_says_what_to_do():
+    """If protocol is None, then buildProtocol() raises TypeError naming protocol and buildProtocol."""
+    with pytest.raises(TypeError, match=r"protocol is None.*override buildProtocol"):
+        ReconnectingClientFactory().buildProtocol(None)
+
+
+def test_build_protocol_leaves_the_back_off_alone():
+    """If buildProtocol() is called mid back-off, then delay, retries and the pending retry are untouched (only resetDelay() resets)."""
+    f = make_factory(protocol=Recorder, jitter=0)
+    c = RecordingConnector()
+    f.clientConnectionFailed(c, None)
+    before = (f.delay, f.retries, f._callID, f.continueTrying)
+    f.buildProtocol(None)
+    assert (f.delay, f.retries, f._callID, f.continueTrying) == before
+
+
+def test_for_protocol_sets_protocol_and_passes_arguments():
+    """If forProtocol(P, **kwargs) is called on a subclass, then it returns an instance of that subclass built with kwargs and protocol P."""
+    f = InitialDelayFive.forProtocol(Recorder, maxRetries=3)
+    assert type(f) is InitialDelayFive
+    assert (f.protocol, f.maxRetries, f.initialDelay) == (Recorder, 3, 5.0)
+    assert f.__dict__["protocol"] is Recorder
+    assert type(f.buildProtocol(None)) is Recorder
+
+
+def test_for_protocol_validates_like_the_constructor():
+    """If forProtocol() gets a bad keyword value, then it raises the constructor's ValueError."""
+    with pytest.raises(ValueError, match="maxRetries"):
+        ReconnectingClientFactory.forProtocol(Recorder, maxRetries=-1)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'bogus'"):
+        ReconnectingClientFactory.forProtocol(Recorder, bogus=1)
+
+
+def test_uses_protocol_sees_protocol_or_an_overridden_build_protocol():
+    """If a factory has a protocol or overrides buildProtocol, then uses_protocol() is true; a plain factory is not."""
+
+    class Builds(ReconnectingClientFactory):
+        def buildProtocol(self, addr):
+            return None
+
+    class Inherits(Builds):
+        pass
+
+    assert not factory_module.uses_protocol(ReconnectingClientFactory())
+    assert not factory_module.uses_protocol(InitialDelayFive())
+    assert factory_module.uses_protocol(ReconnectingClientFactory(protocol=Recorder))
+    assert factory_module.uses_protocol(ReconnectingClientFactory.forProtocol(Recorder))
+    assert factory_module.uses_protocol(Builds())
+    assert factory_module.uses_protocol(Inherits())
+
+
 # -- pickling ----------------------------------------------------------------------
 
 

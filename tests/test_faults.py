@@ -20,6 +20,7 @@ import threading
 import time
 
 import pytest
+from conftest import HungListener
 
 from rcf_sync import (
     ClientClosed,
@@ -32,8 +33,6 @@ from rcf_sync import (
     TCPConnector,
 )
 from rcf_sync.testing import FakeClock, FaultProxy
-
-from conftest import HungListener
 
 S = State
 IO_TIMEOUT = 5.0  # socket timeout for a request that should complete at once
@@ -644,7 +643,10 @@ def _waiters(kit, c, n=3):
             results.append(exc)
 
     workers = [kit.spawn(wait) for _ in range(n)]
-    kit.sleep(0.05)  # let them block; nothing can tell when they have
+    if c.state is S.STOPPED:  # they give up at once
+        kit.join_all(workers, 5)
+    else:
+        c.wait_waiting(n, timeout=5)
     return workers, results
 
 

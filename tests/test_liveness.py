@@ -3,12 +3,11 @@
 import socket
 
 import pytest
+from conftest import echo
 
 import rcf_sync
 from rcf_sync import ReconnectingClient, ReconnectingClientFactory, State
 from rcf_sync.testing import FaultProxy
-
-from conftest import echo
 
 
 def test_keepalive_is_on_by_default(kit, server, no_leaks):
@@ -72,11 +71,24 @@ def test_heartbeat_skips_a_busy_connection(kit, server, no_leaks):
         beats.append(1)
         ping(sock)
 
+    witness_beats = []
+    three = kit.event()
+
+    def witness_beat(sock):
+        witness_beats.append(1)
+        if len(witness_beats) >= 3:
+            three.set()
+        ping(sock)
+
     with ReconnectingClient(server.address, backend=kit.name, heartbeat=counting,
                             heartbeat_interval=0.05) as c:
         with c.connection(timeout=5) as sock:
             before = len(beats)
-            kit.sleep(0.3)  # several heartbeat periods pass while leased
+            # A second client with the same interval on an idle connection
+            # beats three times: several periods have passed meanwhile.
+            with ReconnectingClient(server.address, backend=kit.name, heartbeat=witness_beat,
+                                    heartbeat_interval=0.05):
+                assert three.wait(10)
             assert len(beats) == before
             assert echo(sock, b"mine") == b"mine"
 

@@ -4,6 +4,7 @@ import socket
 import threading
 
 import pytest
+from conftest import echo, unique_payload_run
 
 from rcf_sync import (
     ClientClosed,
@@ -15,8 +16,6 @@ from rcf_sync import (
     State,
 )
 from rcf_sync.testing import FakeClock
-
-from conftest import echo, unique_payload_run
 
 S = State
 
@@ -111,7 +110,7 @@ def test_dead_server_sees_one_probe_per_delay(kit, server, no_leaks):
 
         pool.wait_state(S.WAITING, timeout=5)
         workers = [kit.spawn(worker) for _ in range(4)]
-        kit.sleep(0.05)  # let the callers block (nothing to wait on for that)
+        pool.wait_waiting(4, timeout=5)
         assert target.calls == 1
         for _ in range(5):
             [call] = clock.getDelayedCalls()
@@ -139,7 +138,7 @@ def test_close_wakes_waiters(kit, free_port, server, no_leaks):
             errors.append(exc)
 
     workers = [kit.spawn(worker) for _ in range(3)]
-    kit.sleep(0.05)  # let the callers block
+    pool.wait_waiting(3, timeout=5)
     pool.close()
     kit.join_all(workers, 5)
     assert len(errors) == 3 and all(isinstance(e, ClientClosed) for e in errors)

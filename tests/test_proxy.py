@@ -476,7 +476,7 @@ def test_commands_need_a_running_proxy(echo):
     RuntimeError."""
     p = FaultProxy(echo.address)
     with pytest.raises(RuntimeError):
-        p.address
+        _ = p.address
     with pytest.raises(RuntimeError):
         p.refuse()
     p.start()

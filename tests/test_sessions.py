@@ -2,10 +2,9 @@
 both backends."""
 
 import pytest
+from conftest import echo
 
 from rcf_sync import ConnectionLost, ReconnectingClient, ReconnectingClientFactory, ReconnectingPool
-
-from conftest import echo
 
 
 class Session:
@@ -45,7 +44,7 @@ def test_session_is_dropped_with_its_connection(kit, server, no_leaks):
                             on_connect=Session) as c:
         first = c.call(lambda s: s, timeout=5)
         with pytest.raises(ConnectionLost):
-            with c.connection(timeout=5) as s:
+            with c.connection(timeout=5):
                 raise ConnectionResetError("simulated")
         second = c.call(lambda s: s, timeout=5)
         assert second is not first and second.sock is not first.sock

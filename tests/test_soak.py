@@ -6,10 +6,9 @@ import os
 import time
 
 import pytest
+from test_faults import echo
 
 from rcf_sync import ConnectTimeout, ReconnectingClient, ReconnectingClientFactory
-
-from test_faults import echo
 
 _PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                      "benchmarks", "soak.py")

@@ -24,26 +24,30 @@ never imports ``threading`` or ``gevent``:
     (possibly fake) back-off clock.
 """
 
+from __future__ import annotations
+
 import errno
 import logging
+import os
 import select
 import socket
 import ssl
 import sys
+from typing import Any, Callable
 
 __all__ = ["socket_is_patched", "original", "peer_gone", "log_negative_delay"]
 
 log = logging.getLogger("rcf_sync")
 
 
-def socket_is_patched():
+def socket_is_patched() -> bool:
     """True when gevent has monkey-patched the ``socket`` module (looked up in
     ``sys.modules``, never by importing gevent)."""
     monkey = sys.modules.get("gevent.monkey")
     return bool(monkey is not None and monkey.is_module_patched("socket"))
 
 
-def original(module, name):
+def original(module: str, name: str) -> Any:
     """The standard library's ``module.name``, even under monkey-patching."""
     monkey = sys.modules.get("gevent.monkey")
     if monkey is not None and monkey.is_module_patched(module):
@@ -55,10 +59,10 @@ _POLLRDHUP = getattr(select, "POLLRDHUP", 0)
 _DEAD_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED, errno.ETIMEDOUT, errno.ENOTCONN}
 
 
-_poll_found = []
+_poll_found: list[Callable[[], Any] | None] = []
 
 
-def _real_poll():
+def _real_poll() -> Callable[[], Any] | None:
     """The standard library's ``select.poll`` (never gevent's), or None."""
     if not _poll_found:
         try:
@@ -68,7 +72,7 @@ def _real_poll():
     return _poll_found[0]
 
 
-def peer_gone(sock):
+def peer_gone(sock: socket.socket) -> bool:
     """Without blocking, tell whether the peer of an idle ``sock`` has closed
     or reset it (True), or whether it is open, possibly with unread data
     (False)."""
@@ -96,7 +100,7 @@ def peer_gone(sock):
     raw = original("socket", "socket")(fileno=socket.dup(fd))
     try:
         raw.setblocking(False)
-        return raw.recv(1, socket.MSG_PEEK) == b""
+        return bool(raw.recv(1, socket.MSG_PEEK) == b"")
     except BlockingIOError:
         return False
     except OSError as exc:
@@ -105,7 +109,7 @@ def peer_gone(sock):
         raw.close()
 
 
-def idle_status(sock):
+def idle_status(sock: socket.socket) -> str:
     """Look, without blocking, at an idle ``sock`` nobody else is using:
     ``"closed"`` (peer closed or reset it), ``"data"`` (application bytes are
     waiting that nobody asked for) or ``"quiet"``. Through TLS, protocol
@@ -135,10 +139,19 @@ def idle_status(sock):
             pass
 
 
-_warned_negative = []
+def guard(fn: Callable[..., object], *args: Any) -> None:
+    """Run a callback of the background: an exception it raises is logged,
+    never allowed to end the loop that runs every client."""
+    try:
+        fn(*args)
+    except Exception:
+        log.exception("unexpected error in the rcf_sync background running %r", fn)
 
 
-def log_negative_delay(delay):
+_warned_negative: list[bool] = []
+
+
+def log_negative_delay(delay: float) -> None:
     """Log, once per process, that a negative delay was run as zero."""
     if not _warned_negative:
         _warned_negative.append(True)
@@ -146,3 +159,30 @@ def log_negative_delay(delay):
             "callLater(%r): a negative delay (Twisted's Gaussian jitter can produce "
             "one) runs at once; this is logged once", delay,
         )
+
+
+# -- fork ---------------------------------------------------------------------
+
+_fork_listeners: list[Callable[[], None]] = []  # run in a forked child, in order
+
+
+def after_fork_in_child(fn: Callable[[], None], first: bool = False) -> None:
+    """Run ``fn()`` in the child after every ``os.fork()`` (``first``: before
+    the listeners registered so far). Listeners must be quick and must not
+    start threads: a child that forks only to ``exec`` stays cheap."""
+    if first:
+        _fork_listeners.insert(0, fn)
+    else:
+        _fork_listeners.append(fn)
+
+
+def _in_forked_child() -> None:
+    for fn in list(_fork_listeners):
+        try:
+            fn()
+        except Exception:  # a child must not die in an at-fork hook
+            log.exception("rcf_sync: after-fork clean-up %r failed", fn)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_in_forked_child)

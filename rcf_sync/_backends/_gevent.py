@@ -13,9 +13,12 @@ callers are always gevent sockets. Clients of this backend are used from
 greenlets of the thread whose hub they were created in.
 """
 
-import logging
+from __future__ import annotations
+
 import socket
 import time
+import weakref
+from typing import TYPE_CHECKING, Any, Callable
 
 try:
     import gevent
@@ -28,146 +31,35 @@ except ImportError as exc:  # pragma: no cover - exercised without gevent only
         'the gevent backend needs gevent: pip install "rcf_sync[gevent]"'
     ) from exc
 
-from .._errors import AlreadyCalled, AlreadyCancelled
-from .._timers import check_delay
-from ._base import log_negative_delay, original, socket_is_patched
+from .._steps import TLS, Adopt, Blocking, Readable, Resolve, UserCall, Writable
+from ._base import guard, socket_is_patched
+from ._gevent_clock import GeventClock, _get_ident, _RealLock
+
+if TYPE_CHECKING:
+    from .._callbacks import UserCode
+    from .._connectors import _SocketConnector
+    from .._steps import Step
+    from ._seam import Deliver, Steps
 
 __all__ = ["GeventBackend", "GeventClock"]
 
-log = logging.getLogger("rcf_sync")
-
-_get_ident = original("_thread", "get_ident")
-_RealLock = original("_thread", "allocate_lock")
 
 
-def _guard(fn, *args):
-    try:
-        fn(*args)
-    except Exception:
-        log.exception("unexpected error in rcf_sync running %r", fn)
 
-
-class _GeventCall:
-    """An ``IDelayedCall`` on a libev/libuv timer of the hub."""
-
-    __slots__ = ("_clock", "_timer", "_time", "func", "args", "kw", "called", "cancelled")
-
-    def __init__(self, clock, when, func, args, kw):
-        self._clock = clock
-        self._time = when
-        self.func, self.args, self.kw = func, args, kw
-        self.called = self.cancelled = 0
-        self._timer = None
-        clock._pending.add(self)
-        clock._in_hub(self._start)
-
-    def _start(self):
-        if not self.active():
-            return
-        loop = self._clock._hub.loop
-        if self._timer is not None:
-            self._timer.stop()
-            self._timer.close()
-        loop.update_now()
-        self._timer = loop.timer(max(0.0, self._time - time.monotonic()))
-        self._timer.start(self._fire)
-
-    def _fire(self):
-        if not self.active():
-            return
-        if self._time > time.monotonic() + 0.0005:  # the loop's time is coarse
-            return self._start()
-        self.called = 1
-        self._release()
-        func, args, kw = self.func, self.args, self.kw
-        self.func = self.args = self.kw = None
-        _guard(lambda: func(*args, **kw))
-
-    def _release(self):
-        self._clock._pending.discard(self)
-        timer, self._timer = self._timer, None
-        if timer is not None:
-            timer.stop()
-            timer.close()
-
-    def _check(self):
-        if self.cancelled:
-            raise AlreadyCancelled("this call was already cancelled")
-        if self.called:
-            raise AlreadyCalled("this call has already run")
-
-    def getTime(self):
-        return self._time
-
-    def active(self):
-        return not (self.called or self.cancelled)
-
-    def cancel(self):
-        self._check()
-        self.cancelled = 1
-        self.func = self.args = self.kw = None
-        self._clock._pending.discard(self)
-        self._clock._in_hub(self._release)
-
-    def reset(self, secondsFromNow):
-        self._check()
-        self._time = time.monotonic() + check_delay(secondsFromNow, "secondsFromNow")
-        self._clock._in_hub(self._start)
-
-    def delay(self, secondsLater):
-        self._check()
-        self._time += check_delay(secondsLater, "secondsLater")
-        self._clock._in_hub(self._start)
-
-
-class GeventClock:
-    """The gevent backend's real clock: ``IReactorTime`` on the hub's timers.
-
-    Calls run in the hub (they must not block). A negative delay runs at once
-    (logged once). Safe to call from other threads."""
-
-    def __init__(self, hub, hub_thread):
-        self._hub = hub
-        self._hub_thread = hub_thread
-        self._pending = set()
-
-    def _in_hub(self, fn, *args):
-        if _get_ident() == self._hub_thread:
-            fn(*args)
-        else:
-            self._hub.loop.run_callback_threadsafe(fn, *args)
-
-    def seconds(self):
-        """Monotonic seconds."""
-        return time.monotonic()
-
-    def callLater(self, delay, callable, *args, **kw):
-        """Run ``callable(*args, **kw)`` in the hub after ``delay`` seconds."""
-        delay = check_delay(delay)
-        if delay < 0:
-            log_negative_delay(delay)
-            delay = 0.0
-        return _GeventCall(self, time.monotonic() + delay, callable, args, kw)
-
-    def getDelayedCalls(self):
-        """The pending calls, earliest first."""
-        return sorted((c for c in self._pending if c.active()), key=lambda c: c._time)
-
-
-def _capture(fn, args):
+def _capture(fn: Callable[..., Any], args: tuple[Any, ...]) -> tuple[bool, Any]:
     try:
         return True, fn(*args)
     except BaseException as exc:
         return False, exc
 
 
-def _close_late_result(pending):
+def _close_late_result(pending: Any) -> None:
     ok, value = pending.get()
     if ok and hasattr(value, "close"):
         value.close()
 
 
-def _to_gevent_socket(sock):
+def _to_gevent_socket(sock: socket.socket) -> Any:
     """Hand back ``sock`` as a socket that yields to the hub."""
     if isinstance(sock, (gevent.socket.socket, gevent.ssl.SSLSocket)):
         sock.settimeout(None)
@@ -183,7 +75,7 @@ def _to_gevent_socket(sock):
     return g
 
 
-def _tls(raw, connector):
+def _tls(raw: socket.socket, connector: _SocketConnector) -> Any:
     g = _to_gevent_socket(raw)
     try:
         t = gevent.ssl.SSLSocket(
@@ -201,6 +93,24 @@ def _tls(raw, connector):
     return t
 
 
+def _call_blocking(backend: GeventBackend, fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """Run user code that may block the thread: in gevent's thread pool
+    unless the socket module is patched (then it cooperates)."""
+    if socket_is_patched():
+        return fn(*args)
+    # The pool would print what the call raises: bring it back as a value.
+    pending = backend._hub.threadpool.spawn(_capture, fn, args)
+    try:
+        ok, value = pending.get()
+    except BaseException:
+        # Abandoned (cancelled, timed out): close what arrives later.
+        pending.rawlink(_close_late_result)
+        raise
+    if not ok:
+        raise value
+    return value
+
+
 class _Attempt:
     """Drives one connection-attempt generator in a greenlet.
 
@@ -209,15 +119,18 @@ class _Attempt:
     that are not socket waits run under a ``gevent.Timeout`` for the time left.
     """
 
-    def __init__(self, backend, steps, timeout, deliver):
+    def __init__(self, backend: GeventBackend, steps: Steps, timeout: float | None,
+                 deliver: Callable[[Any, BaseException | None], None],
+                 user_code: UserCode) -> None:
         self._backend = backend
+        self._user = user_code
         self._deliver = deliver
         self._timeout = timeout
         self._deadline = None if timeout is None else time.monotonic() + timeout
         self._cancelled = False
         self._glet = gevent.spawn(self._run, steps)
 
-    def _run(self, steps):
+    def _run(self, steps: Steps) -> None:
         try:
             sock = self._trampoline(steps)
         except gevent.GreenletExit:
@@ -233,10 +146,10 @@ class _Attempt:
         else:
             self._deliver(sock, None)
 
-    def _timed_out(self):
+    def _timed_out(self) -> TimeoutError:
         return TimeoutError(f"timed out after {self._timeout:g}s")
 
-    def _left(self):
+    def _left(self) -> float | None:
         if self._deadline is None:
             return None
         left = self._deadline - time.monotonic()
@@ -244,7 +157,7 @@ class _Attempt:
             raise self._timed_out()
         return left
 
-    def _trampoline(self, gen):
+    def _trampoline(self, gen: Steps) -> Any:
         value, exc = None, None
         while True:
             try:
@@ -257,75 +170,82 @@ class _Attempt:
             except BaseException as error:
                 exc = error
 
-    def _perform(self, request):
-        kind = request[0]
-        if kind == "writable":
-            return gevent.socket.wait_write(request[1].fileno(), timeout=self._left(),
+    def _perform(self, step: Step) -> Any:
+        if isinstance(step, Writable):
+            return gevent.socket.wait_write(step.sock.fileno(), timeout=self._left(),
                                             timeout_exc=self._timed_out())
-        if kind == "readable":
-            return gevent.socket.wait_read(request[1].fileno(), timeout=self._left(),
+        if isinstance(step, Readable):
+            return gevent.socket.wait_read(step.sock.fileno(), timeout=self._left(),
                                            timeout_exc=self._timed_out())
-        if kind == "adopt":
-            return _to_gevent_socket(request[1])
+        if isinstance(step, Adopt):
+            return _to_gevent_socket(step.sock)
         with _GTimeout(self._left()):
-            if kind == "resolve":
-                return gevent.socket.getaddrinfo(request[1], request[2], 0, socket.SOCK_STREAM)
-            if kind == "tls":
-                return _tls(request[1], request[2])
-            if kind == "call":
-                return self._call_blocking(request[1], request[2:])
-            if kind == "hook":
-                return request[1](*request[2:])
-        raise RuntimeError(f"unknown attempt step {kind!r}")
+            if isinstance(step, Resolve):
+                return gevent.socket.getaddrinfo(step.host, step.port, 0, socket.SOCK_STREAM)
+            if isinstance(step, TLS):
+                return _tls(step.sock, step.connector)
+            if isinstance(step, Blocking):
+                return step.fn(*step.args)
+            if isinstance(step, UserCall):
+                return self._user_call(step)
+        raise TypeError(f"unknown attempt step {step!r}")
 
-    def _call_blocking(self, fn, args):
-        if socket_is_patched():
-            return fn(*args)
-        # The pool would print what the call raises: bring it back as a value.
-        pending = self._backend._hub.threadpool.spawn(_capture, fn, args)
+    def _user_call(self, step: UserCall) -> Any:
+        # In the handle's user-code queue, so it never overlaps its other
+        # callbacks; this greenlet waits for the result.
+        result = gevent.event.AsyncResult()
+        call = self._user.run(step.fn, step.args,
+                              lambda value, exc: result.set_exception(exc) if exc is not None
+                              else result.set(value), step.threaded)
         try:
-            ok, value = pending.get()
+            return result.get()
         except BaseException:
-            # Abandoned (cancelled, timed out): close what arrives later.
-            pending.rawlink(_close_late_result)
+            self._user.abandon(call)
             raise
-        if not ok:
-            raise value
-        return value
 
-    def cancel(self):
+    def cancel(self) -> None:
         if not self._cancelled:
             self._cancelled = True
             self._glet.kill(block=False)
+            self._backend._dying.add(self._glet)
 
 
 class _IdleWatch:
-    def __init__(self, backend, sock, callback):
+    """A read watcher on an idle connection, stopped while it is leased."""
+
+    def __init__(self, backend: GeventBackend, sock: socket.socket,
+                 callback: Callable[[], None]) -> None:
         self._backend = backend
         self._callback = callback
         self._watcher = backend._hub.loop.io(sock.fileno(), 1)
         self._watcher.start(self._fire)
         self.idle_off = False  # True while stopped: resume() restarts it
 
-    def _fire(self):
+    def _fire(self) -> None:
         w = self._watcher
         if w is not None:
             w.stop()
             self.idle_off = True
-            _guard(self._callback)
+            guard(self._callback)
 
-    def pause(self):
+    def leased(self) -> None:
         if self._watcher is not None:
             self._watcher.stop()
             self.idle_off = True
 
-    def resume(self):
+    def released(self) -> None:
         w = self._watcher
         if w is not None and not w.active:
             w.start(self._fire)
         self.idle_off = False
 
-    def close(self):
+    rearm = released
+
+    def abandon(self) -> None:
+        """After a fork: stop the watcher of the parent's descriptor."""
+        self.close()
+
+    def close(self) -> None:
         w, self._watcher = self._watcher, None
         if w is not None:
             w.stop()
@@ -333,60 +253,120 @@ class _IdleWatch:
 
 
 class GeventBackend:
-    """Backend running clients on the current thread's gevent hub."""
+    """Backend running clients on the current thread's gevent hub.
+
+    Its clients are used from greenlets of that hub's thread
+    (``caller_thread``); a call from another OS thread raises."""
 
     name = "gevent"
-    watch_pauses = True  # a read watcher: stopped while a caller holds the socket
-    event = staticmethod(gevent.event.Event)
+
+    def event(self) -> Any:  # a gevent.event.Event (gevent ships no types)
+        return gevent.event.Event()
+
     lock = staticmethod(_RealLock)
+    thread_ident = staticmethod(_get_ident)  # the OS thread's, even when patched
 
-    def __init__(self):
-        self._hub = gevent.get_hub()
-        self._hub_thread = _get_ident()
-        self.clock = GeventClock(self._hub, self._hub_thread)
+    def __init__(self) -> None:
+        hub = gevent.get_hub()
+        self._hub_ref = weakref.ref(hub)
+        self.caller_thread = self._hub_thread = _get_ident()
+        self.clock = GeventClock(hub, self._hub_thread)
+        self._dying: weakref.WeakSet[Any] = weakref.WeakSet()  # greenlets killed, maybe not dead yet
 
-    def acquire(self):
+    def settle(self, timeout: float) -> None:
+        """Wait (cooperatively, up to ``timeout``) for the greenlets we
+        killed to be gone, so that ``close()`` leaves none behind."""
+        if self.in_loop():
+            return
+        glets = [g for g in self._dying if not g.dead]
+        self._dying = weakref.WeakSet()
+        if glets:
+            gevent.joinall(glets, timeout=timeout)
+
+    @property
+    def _hub(self) -> Any:
+        return self._hub_ref()
+
+    def describe_caller_error(self) -> str:
+        return (f"this rcf_sync client uses the gevent hub of thread {self._hub_thread} "
+                f"({self._hub!r}); it was called from thread {_get_ident()}: use it from "
+                "greenlets of that thread, or give other threads a client with backend='thread'")
+
+    def acquire(self) -> None:
         pass
 
-    def release(self, timeout=5.0):
+    def release(self, timeout: float = 5.0) -> None:
         pass
 
-    def in_loop(self):
+    def in_loop(self) -> bool:
         return gevent.getcurrent() is self._hub
 
-    def call_soon(self, fn, *args):
+    def call_soon(self, fn: Callable[..., object], *args: Any) -> None:
         if _get_ident() == self._hub_thread:
-            self._hub.loop.run_callback(_guard, fn, *args)
+            self._hub.loop.run_callback(guard, fn, *args)
         else:
-            self._hub.loop.run_callback_threadsafe(_guard, fn, *args)
+            self._hub.loop.run_callback_threadsafe(guard, fn, *args)
 
-    def call_later_real(self, seconds, fn, *args):
+    def call_later_real(self, seconds: float, fn: Callable[..., object],
+                        *args: object) -> Any:
         return self.clock.callLater(seconds, fn, *args)
 
-    def start_attempt(self, steps, timeout, deliver):
-        return _Attempt(self, steps, timeout, deliver)
+    def start_attempt(self, steps: Steps, timeout: float | None,
+                      deliver: Callable[[Any, BaseException | None], None],
+                      user_code: UserCode) -> _Attempt:
+        return _Attempt(self, steps, timeout, deliver, user_code)
 
-    def watch_idle(self, sock, callback):
+    def run_blocking(self, fn: Callable[..., Any], args: tuple[Any, ...], deliver: Deliver,
+                     threaded: bool = False) -> _Job:
+        """Run ``fn(*args)`` in a new greenlet (with ``threaded``, code that
+        may block its thread runs in gevent's thread pool unless sockets are
+        patched); ``deliver(result, exc)`` in the hub's thread afterwards.
+        Returns a job with ``abandon()``."""
+        return _Job(self, fn, args, deliver, threaded)
+
+    def watch_idle(self, sock: socket.socket, callback: Callable[[], None]) -> _IdleWatch:
         return _IdleWatch(self, sock, callback)
 
-    def run_callback(self, fn, *args):
-        """Run a user callback where it may block: in a new greenlet."""
-        gevent.spawn(_guard, fn, *args)
-
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<GeventBackend>"
 
 
-_per_hub = {}
+class _Job:
+    """User code in its own greenlet."""
+
+    __slots__ = ("_glet", "_backend")
+
+    def __init__(self, backend: GeventBackend, fn: Callable[..., Any], args: tuple[Any, ...],
+                 deliver: Deliver, threaded: bool) -> None:
+        self._backend = backend
+        self._glet = gevent.spawn(self._run, backend, fn, args, deliver, threaded)
+
+    @staticmethod
+    def _run(backend: GeventBackend, fn: Callable[..., Any], args: tuple[Any, ...],
+             deliver: Deliver, threaded: bool) -> None:
+        try:
+            result = _call_blocking(backend, fn, args) if threaded else fn(*args)
+            exc = None
+        except gevent.GreenletExit:
+            return
+        except BaseException as error:
+            result, exc = None, error
+        deliver(result, exc)
+
+    def abandon(self) -> None:
+        self._glet.kill(block=False)
+        self._backend._dying.add(self._glet)
 
 
-def shared_backend():
-    """The :class:`GeventBackend` of the current thread's hub (one per hub,
-    dropped when that hub is destroyed)."""
+# One backend per hub, dropped with its hub (the backend holds the hub weakly).
+_per_hub: weakref.WeakKeyDictionary[Any, GeventBackend] = weakref.WeakKeyDictionary()
+
+
+def shared_backend() -> GeventBackend:
+    """The :class:`GeventBackend` of the current thread's hub."""
     hub = gevent.get_hub()
-    backend = _per_hub.get(id(hub))
-    if backend is None or backend._hub is not hub:
-        backend = GeventBackend()
-        _per_hub[id(hub)] = backend
+    backend = _per_hub.get(hub)
+    if backend is None:
+        backend = _per_hub[hub] = GeventBackend()
     return backend
 

@@ -1,38 +1,40 @@
-"""The thread backend: a few background threads shared by every client.
+"""The thread backend: the process-wide runtime of ``_runtime`` seen by
+clients.
 
-Theory of operation: one *loop thread* per process owns an ``epoll`` (or
-``selectors``) poller, a heap of real-time timers and a queue of callbacks
-posted from other threads (woken through a socketpair). Connection attempts
-run on it as non-blocking steps (connect, TLS handshake), so a black-holed
-address costs a registered descriptor and a timer, not a thread. Work that
-must block (name resolution, user socket factories, ``on_connect`` hooks)
-goes to a small *worker pool* whose results are posted back to the loop.
-Idle connections stay registered for hang-up only (``EPOLLRDHUP``), so a
-peer's FIN or RST wakes the loop while reply traffic never does.
+Connection attempts run on the loop thread as non-blocking steps (a
+black-holed address costs a registered descriptor and a timer, not a
+thread); name lookups and user code go to the bounded worker pool.
 
-All of it starts with the first client and is stopped and joined after the
-last one releases it: threads in use are 1 loop + at most ``MAX_WORKERS``.
+Idle connections are watched for bytes nobody asked for and for hang-up
+(``EPOLLIN | EPOLLRDHUP``, one-shot), but only once they have been idle for
+``ARM_AFTER`` seconds: a connection released and leased again at once (a
+busy caller) costs no system call and its replies never wake the loop; the
+lease-time check (``_connection``) covers the moments in between. One
+runtime timer arms, every ``ARM_AFTER``, the watches released meanwhile.
 """
 
-import collections
-import logging
-import select
-import selectors
+from __future__ import annotations
+
 import socket
 import threading
 import time
+from typing import TYPE_CHECKING, Any, Callable
 
-from .._timers import TimerQueue, check_delay
-from ._base import log_negative_delay
+from .._timers import check_delay
+from ._attempt import Attempt
+from ._base import after_fork_in_child, log_negative_delay
+from ._runtime import IDLE, MAX_WORKERS, Runtime
 
-__all__ = ["ThreadBackend", "ThreadClock", "get_runtime", "MAX_WORKERS"]
+if TYPE_CHECKING:
+    from .._callbacks import UserCode
+    from .._timers import DelayedCall
+    from ._seam import Deliver, Lock, Steps
+    from ._workers import Job
 
-log = logging.getLogger("rcf_sync")
+__all__ = ["ThreadBackend", "ThreadClock", "get_runtime", "shared_backend", "MAX_WORKERS"]
 
-#: Upper bound of worker threads (name lookups, socket factories, hooks).
-MAX_WORKERS = 4
-
-_READ, _WRITE, _HANGUP = "readable", "writable", "hangup"
+#: Seconds a released connection stays unwatched before its idle watch is armed.
+ARM_AFTER = 0.02
 
 
 class ThreadClock:
@@ -41,14 +43,15 @@ class ThreadClock:
     Calls run on the backend's loop thread. A negative delay runs at once
     (logged once). Thread-safe."""
 
-    def __init__(self, runtime):
+    def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
 
-    def seconds(self):
+    def seconds(self) -> float:
         """Monotonic seconds."""
         return time.monotonic()
 
-    def callLater(self, delay, callable, *args, **kw):
+    def callLater(self, delay: float, callable: Callable[..., object], *args: object,
+                  **kw: object) -> DelayedCall:
         """Run ``callable(*args, **kw)`` on the loop thread after ``delay``
         seconds; return a cancellable delayed call."""
         delay = check_delay(delay)
@@ -57,475 +60,97 @@ class ThreadClock:
             delay = 0.0
         return self._runtime.schedule(time.monotonic() + delay, callable, args, kw)
 
-    def getDelayedCalls(self):
+    def getDelayedCalls(self) -> list[DelayedCall]:
         """The pending calls, earliest first."""
         return self._runtime.timers.pending()
 
 
-class _Poller:
-    """One-shot readiness notifications, owned by the loop thread."""
+class _Arming:
+    """Arms, from the loop, the idle watches released since the last round."""
 
-    def __init__(self):
-        self._callbacks = {}
-        if hasattr(select, "epoll"):
-            self._epoll = select.epoll()
-            self._masks = {
-                _READ: select.EPOLLIN | select.EPOLLONESHOT,
-                _WRITE: select.EPOLLOUT | select.EPOLLONESHOT,
-                _HANGUP: getattr(select, "EPOLLRDHUP", 0x2000) | select.EPOLLONESHOT,
-            }
-        else:
-            self._epoll = None
-            self._selector = selectors.DefaultSelector()
-            self._masks = {_READ: selectors.EVENT_READ, _WRITE: selectors.EVENT_WRITE,
-                           _HANGUP: selectors.EVENT_READ}
-
-    def fileno(self):
-        return self._epoll.fileno() if self._epoll else self._selector.fileno()
-
-    def arm(self, fd, kind, callback):
-        self._callbacks[fd] = callback
-        mask = self._masks[kind]
-        if self._epoll is not None:
-            try:
-                self._epoll.register(fd, mask)
-            except FileExistsError:
-                self._epoll.modify(fd, mask)
-        else:
-            try:
-                self._selector.modify(fd, mask)
-            except KeyError:
-                self._selector.register(fd, mask)
-
-    def forget(self, fd):
-        self._callbacks.pop(fd, None)
-        if self._epoll is not None:
-            try:
-                self._epoll.unregister(fd)
-            except (OSError, ValueError):
-                pass
-        else:
-            try:
-                self._selector.unregister(fd)
-            except (KeyError, ValueError):
-                pass
-
-    def poll(self, timeout):
-        """Wait up to ``timeout`` seconds; return the callbacks of ready fds
-        (each disarmed)."""
-        ready = []
-        if self._epoll is not None:
-            events = self._epoll.poll(-1 if timeout is None else timeout)
-            for fd, _ in events:
-                cb = self._callbacks.pop(fd, None)
-                if cb is not None:
-                    ready.append(cb)
-        else:
-            for key, _ in self._selector.select(timeout):
-                fd = key.fd
-                cb = self._callbacks.pop(fd, None)
-                try:
-                    self._selector.unregister(fd)
-                except (KeyError, ValueError):
-                    pass
-                if cb is not None:
-                    ready.append(cb)
-        return ready
-
-    def close(self):
-        if self._epoll is not None:
-            self._epoll.close()
-        else:
-            self._selector.close()
-
-
-class _WorkerPool:
-    """At most ``size`` threads running blocking jobs; started on demand."""
-
-    def __init__(self, size, post):
-        self._size = size
-        self._post = post
-        self._jobs = collections.deque()
-        self._cond = threading.Condition(threading.Lock())
-        self._threads = []
-        self._idle = 0
-        self._stopping = False
-
-    def submit(self, fn, args, deliver):
-        """Run ``fn(*args)`` on a worker; post ``deliver(result, exc)`` to the loop."""
-        with self._cond:
-            self._jobs.append((fn, args, deliver))
-            if self._idle:
-                self._cond.notify()
-            elif len(self._threads) < self._size:
-                t = threading.Thread(target=self._work, name="rcf_sync-worker", daemon=True)
-                self._threads.append(t)
-                t.start()
-
-    def _work(self):
-        while True:
-            with self._cond:
-                while not self._jobs and not self._stopping:
-                    self._idle += 1
-                    self._cond.wait()
-                    self._idle -= 1
-                if self._stopping and not self._jobs:
-                    return
-                fn, args, deliver = self._jobs.popleft()
-            try:
-                result = fn(*args)
-            except BaseException as exc:  # delivered, not lost
-                self._post(deliver, None, exc)
-            else:
-                self._post(deliver, result, None)
-
-    def shutdown(self, timeout):
-        """Stop the workers; join those that finish within ``timeout``.
-        Jobs still queued are dropped; a worker stuck in a job is left to end
-        on its own (it is a daemon and holds no lock of ours)."""
-        with self._cond:
-            self._stopping = True
-            dropped = list(self._jobs)
-            self._jobs.clear()
-            self._cond.notify_all()
-            threads, self._threads = self._threads, []
-        deadline = time.monotonic() + timeout
-        for t in threads:
-            if t is not threading.current_thread():
-                t.join(max(0.0, deadline - time.monotonic()))
-        with self._cond:
-            self._stopping = False
-        return dropped
-
-    @property
-    def threads(self):
-        return list(self._threads)
-
-
-class _Runtime:
-    """The process-wide loop thread, its poller, timers and worker pool."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self._users = 0
-        self._thread = None
-        self._ready = collections.deque()
-        self._sleeping = False
-        self._poller = None
-        self._wake_r = self._wake_w = None
-        self.timers = TimerQueue(time.monotonic, on_earlier=self.wake)
-        self.workers = _WorkerPool(MAX_WORKERS, self.post)
-        self.clock = ThreadClock(self)
-
-    # -- lifetime -----------------------------------------------------------
-
-    def acquire(self):
-        with self._lock:
-            self._users += 1
-            self._ensure_running()
-
-    def release(self, timeout=5.0):
-        with self._lock:
-            self._users -= 1
-            if self._users > 0:
-                return
-            thread = self._thread
-        self.wake()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-        self.workers.shutdown(timeout)
-        # A worker may have finished a job of an abandoned attempt after the
-        # loop stopped: its delivery (which closes what the job made) is run
-        # here rather than left queued for a loop that may never come back.
-        with self._lock:
-            leftovers = []
-            if self._thread is None and self._users <= 0:
-                leftovers = list(self._ready)
-                self._ready.clear()
-        for fn, args in leftovers:
-            self._guard(fn, *args)
-
-    def _ensure_running(self):
-        # Called with self._lock held.
-        if self._thread is None:
-            self._poller = _Poller()
-            self._wake_r, self._wake_w = socket.socketpair()
-            self._wake_r.setblocking(False)
-            self._wake_w.setblocking(False)
-            self._thread = threading.Thread(target=self._run, name="rcf_sync-loop", daemon=True)
-            self._thread.start()
-
-    def threads(self):
-        """The threads of ours alive now (for tests and benchmarks)."""
-        out = [t for t in self.workers.threads if t.is_alive()]
-        t = self._thread
-        if t is not None and t.is_alive():
-            out.append(t)
-        return out
-
-    # -- cross-thread entry points ---------------------------------------------
-
-    def post(self, fn, *args):
-        """Run ``fn(*args)`` on the loop thread soon. Thread-safe."""
-        ready = self._ready
-        was_empty = not ready
-        ready.append((fn, args))
-        # The loop looks at the queue after it marks itself asleep, so only
-        # the post that finds the queue empty has to wake it.
-        if (was_empty and self._sleeping) or self._thread is None:
-            self.wake()
-
-    def schedule(self, when, fn, args, kw):
-        call = self.timers.schedule(when, fn, args, kw)
-        if self._thread is None or not self.in_loop():
-            with self._lock:
-                self._ensure_running()
-        return call
-
-    def wake(self):
-        w = self._wake_w
-        if w is not None:
-            try:
-                w.send(b"\0")
-            except (BlockingIOError, OSError):
-                pass
-
-    def in_loop(self):
-        return threading.current_thread() is self._thread
-
-    # -- loop-thread only ---------------------------------------------------
-
-    def arm(self, sock, kind, callback):
-        self._poller.arm(sock.fileno(), kind, callback)
-
-    def forget(self, sock):
-        try:
-            fd = sock.fileno()
-        except OSError:
-            return
-        if fd >= 0:
-            self._poller.forget(fd)
-
-    def _drain_wakeups(self):
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-        self._poller.arm(self._wake_r.fileno(), _READ, self._drain_wakeups)
-
-    def _run(self):
-        self._poller.arm(self._wake_r.fileno(), _READ, self._drain_wakeups)
-        while True:
-            self._run_ready()
-            for call in self.timers.pop_due(time.monotonic()):
-                self._guard(call)
-            with self._lock:
-                if self._users <= 0 and not self._ready and not len(self.timers):
-                    self._stop_locked()
-                    return
-            next_time = self.timers.next_time()
-            timeout = None if next_time is None else max(0.0, next_time - time.monotonic())
-            self._sleeping = True
-            if self._ready:
-                timeout = 0
-            try:
-                ready = self._poller.poll(timeout)
-            finally:
-                self._sleeping = False
-            for cb in ready:
-                self._guard(cb)
-
-    def _run_ready(self):
-        ready = self._ready
-        for _ in range(len(ready)):
-            fn, args = ready.popleft()
-            self._guard(fn, *args)
-
-    @staticmethod
-    def _guard(fn, *args):
-        try:
-            fn(*args)
-        except Exception:
-            log.exception("unexpected error in the rcf_sync loop running %r", fn)
-
-    def _stop_locked(self):
-        self._poller.close()
-        self._wake_r.close()
-        self._wake_w.close()
-        self._poller = None
-        self._wake_r = self._wake_w = None
-        self._thread = None
-
-
-_runtime = _Runtime()
-
-
-def get_runtime():
-    """The process-wide thread runtime."""
-    return _runtime
-
-
-class _Attempt:
-    """Drives one connection-attempt generator on the loop thread."""
-
-    def __init__(self, runtime, steps, timeout, deliver):
+    def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
-        self._stack = [steps]
-        self._deliver = deliver
-        self._done = False
-        self._waiting_on = None
-        self._job = None
-        self._deadline = None
-        if timeout is not None:
-            self._deadline = runtime.clock.callLater(timeout, self._expire, timeout)
+        self._reset()
+        after_fork_in_child(self._reset)
 
-    def start(self):
-        self._step(None, None)
+    def _reset(self) -> None:
+        self._lock = threading.Lock()  # guards the two fields below
+        self._queued: list[_IdleWatch] = []  # watches released since the last round
+        self._due = False       # a round is scheduled
 
-    def _step(self, value, exc):
-        while not self._done:
-            gen = self._stack[-1]
-            try:
-                request = gen.throw(exc) if exc is not None else gen.send(value)
-            except StopIteration as stop:
-                self._stack.pop()
-                value, exc = stop.value, None
-                if not self._stack:
-                    return self._finish(value, None)
-                continue
-            except BaseException as error:
-                self._stack.pop()
-                value, exc = None, error
-                if not self._stack:
-                    return self._finish(None, error)
-                continue
-            value = exc = None
-            kind = request[0]
-            if kind in (_READ, _WRITE):
-                sock = request[1]
-                self._waiting_on = sock
-                try:
-                    self._rt.arm(sock, kind, self._ready)
-                except OSError as error:
-                    exc = error
-                    continue
+    def queue(self, watch: _IdleWatch) -> None:
+        with self._lock:
+            self._queued.append(watch)
+            if self._due:
                 return
-            if kind == "adopt":
-                value = request[1]
-                try:
-                    value.setblocking(True)
-                except OSError as error:
-                    value.close()
-                    value, exc = None, error
-                continue
-            if kind == "tls":
-                owner = request[2] if len(request) > 2 else None
-                self._stack.append(owner._tls_handshake(request[1]))
-                continue
-            if kind == "resolve":
-                host, port = request[1], request[2]
-                self._job = object()
-                job = self._job
-                self._rt.workers.submit(
-                    socket.getaddrinfo, (host, port, 0, socket.SOCK_STREAM),
-                    lambda r, e: self._job_done(job, r, e),
-                )
-                return
-            if kind in ("call", "hook"):
-                self._job = object()
-                job = self._job
-                self._rt.workers.submit(request[1], request[2:], lambda r, e: self._job_done(job, r, e))
-                return
-            exc = RuntimeError(f"unknown attempt step {kind!r}")
+            self._due = True
+        self._rt.schedule(time.monotonic() + ARM_AFTER, self._round, (), {})
 
-    def _ready(self):
-        self._waiting_on = None
-        self._step(None, None)
-
-    def _job_done(self, job, result, exc):
-        if self._done or job is not self._job:
-            _discard(result)
-            return
-        self._job = None
-        self._step(result, exc)
-
-    def _expire(self, timeout):
-        if not self._done:
-            self._abort(TimeoutError(f"timed out after {timeout:g}s"))
-
-    def cancel(self):
-        """Abandon the attempt; its sockets are closed, ``deliver`` is not called."""
-        if not self._done:
-            self._abort(None)
-
-    def _abort(self, exc):
-        if self._waiting_on is not None:
-            self._rt.forget(self._waiting_on)
-            self._waiting_on = None
-        self._job = None
-        while self._stack:
-            gen = self._stack.pop()
-            try:
-                gen.close()
-            except Exception:
-                pass
-        if exc is None:
-            self._done = True
-            self._cancel_deadline()
-        else:
-            self._finish(None, exc)
-
-    def _cancel_deadline(self):
-        if self._deadline is not None and self._deadline.active():
-            self._deadline.cancel()
-        self._deadline = None
-
-    def _finish(self, sock, exc):
-        self._done = True
-        self._cancel_deadline()
-        self._deliver(sock, exc)
-
-
-def _discard(result):
-    if isinstance(result, socket.socket):
-        result.close()
+    def _round(self) -> None:
+        with self._lock:
+            self._due = False
+            queued, self._queued = self._queued, []
+        now = time.monotonic()
+        for watch in queued:
+            watch._queued = False
+            watch._sweep(now)
 
 
 class _IdleWatch:
-    def __init__(self, runtime, sock, callback):
+    """Calls ``callback()`` on the loop when an idle connection has bytes
+    nobody asked for or is closed by the peer. ``leased()`` and
+    ``released()`` are called by the lease holder; the rest on the loop."""
+
+    __slots__ = ("_rt", "_sock", "_callback", "_armed", "_queued", "_closed", "_since")
+
+    def __init__(self, runtime: Runtime, sock: socket.socket, callback: Callable[[], None]) -> None:
         self._rt = runtime
         self._sock = sock
         self._callback = callback
+        self._armed = False     # registered in the poller (loop only)
+        self._queued = False    # waiting for an arming round
         self._closed = False
-        self.idle_off = False  # True once it fired (a one-shot): resume() re-arms
-        if runtime.in_loop():
-            self._arm()
-        else:
-            runtime.post(self._arm)
+        self._since = 0.0       # when it was last released
+        self.rearm()
 
-    def _arm(self):
-        if not self._closed:
+    def rearm(self) -> None:
+        """Loop: watch now (a new connection, or one found quiet)."""
+        if not self._closed and not self._armed:
+            self._armed = True
             try:
-                self._rt.arm(self._sock, _HANGUP, self._fire)
+                self._rt.arm(self._sock, IDLE, self._fire)
             except (OSError, ValueError):
                 self._fire()
 
-    def _fire(self):
+    def _fire(self) -> None:
+        self._armed = False
         if not self._closed:
-            self.idle_off = True
             self._callback()
 
-    def pause(self):
-        pass  # hang-up only: reply traffic during a lease never wakes the loop
+    def _sweep(self, now: float) -> None:
+        if self._closed or self._armed:
+            return
+        if now - self._since >= ARM_AFTER / 2:
+            self.rearm()
+        else:  # in use again: look at it next round
+            self._queued = True
+            self._rt.arming.queue(self)
 
-    def resume(self):
-        """Watch again if the watch fired (and was disarmed) meanwhile."""
-        if self.idle_off and not self._closed:
-            self.idle_off = False
-            self._rt.post(self._arm)
+    def leased(self) -> None:
+        pass  # a watch that fires during a lease only marks itself unarmed
 
-    def close(self):
+    def released(self) -> None:
+        self._since = time.monotonic()
+        if not self._armed and not self._queued:
+            self._queued = True
+            self._rt.arming.queue(self)
+
+    def abandon(self) -> None:
+        """After a fork: the registration is the parent's poller's; just
+        stop reacting (starts nothing in the child)."""
+        self._closed = True
+
+    def close(self) -> None:
         """Stop watching (call before closing the socket)."""
         if not self._closed:
             self._closed = True
@@ -539,55 +164,81 @@ class ThreadBackend:
     """Backend running clients on the shared background threads."""
 
     name = "thread"
-    watch_pauses = False  # idle watches wake on hang-up only, never on replies
+    caller_thread: int | None = None  # any thread may use its clients
 
-    def __init__(self):
-        self._rt = get_runtime()
-        self.clock = self._rt.clock
+    def __init__(self, runtime: Runtime) -> None:
+        self._rt = runtime
+        self.clock = runtime.clock
 
-    lock = staticmethod(threading.Lock)
-    event = staticmethod(threading.Event)
+    def lock(self) -> Lock:
+        return threading.Lock()
 
-    def acquire(self):
+    def event(self) -> threading.Event:
+        return threading.Event()
+
+    thread_ident = staticmethod(threading.get_ident)
+
+    def describe_caller_error(self) -> str:
+        return "any thread may use this client"
+
+    def acquire(self) -> None:
         self._rt.acquire()
 
-    def release(self, timeout=5.0):
+    def release(self, timeout: float = 5.0) -> None:
         self._rt.release(timeout)
 
-    def call_soon(self, fn, *args):
+    def call_soon(self, fn: Callable[..., object], *args: Any) -> None:
         self._rt.post(fn, *args)
 
-    def in_loop(self):
+    def in_loop(self) -> bool:
         return self._rt.in_loop()
 
-    def call_later_real(self, seconds, fn, *args):
+    def call_later_real(self, seconds: float, fn: Callable[..., object],
+                        *args: object) -> DelayedCall:
         return self.clock.callLater(seconds, fn, *args)
 
-    def start_attempt(self, steps, timeout, deliver):
-        attempt = _Attempt(self._rt, steps, timeout, deliver)
+    def start_attempt(self, steps: Steps, timeout: float | None,
+                      deliver: Callable[[Any, BaseException | None], None],
+                      user_code: UserCode) -> Attempt:
+        attempt = Attempt(self._rt, steps, timeout, deliver, user_code)
         attempt.start()
         return attempt
 
-    def watch_idle(self, sock, callback):
+    def run_blocking(self, fn: Callable[..., Any], args: tuple[Any, ...], deliver: Deliver,
+                     threaded: bool = False) -> Job:
+        """Run ``fn(*args)`` on a worker; ``deliver(result, exc)`` on the
+        loop. Returns a job with ``abandon()``."""
+        return self._rt.workers.submit(fn, args, deliver)
+
+    def watch_idle(self, sock: socket.socket, callback: Callable[[], None]) -> _IdleWatch:
         return _IdleWatch(self._rt, sock, callback)
 
-    def run_callback(self, fn, *args):
-        """Run a user callback (on the loop thread: it must not block)."""
-        self._rt._guard(fn, *args)
+    def settle(self, timeout: float) -> None:
+        pass  # the loop closes what it cancels before it answers
 
-    def threads(self):
+    def threads(self) -> list[threading.Thread]:
         return self._rt.threads()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return "<ThreadBackend>"
 
 
-_shared = []
+_runtime: list[Runtime] = []
+_shared: list[ThreadBackend] = []
 
 
-def shared_backend():
+def get_runtime() -> Runtime:
+    """The process-wide thread runtime."""
+    if not _runtime:
+        rt = Runtime()
+        rt.clock = ThreadClock(rt)
+        rt.arming = _Arming(rt)
+        _runtime.append(rt)
+    return _runtime[0]
+
+
+def shared_backend() -> ThreadBackend:
     """The process's one :class:`ThreadBackend` (it holds no per-client state)."""
     if not _shared:
-        _shared.append(ThreadBackend())
+        _shared.append(ThreadBackend(get_runtime()))
     return _shared[0]
-

@@ -1,10 +1,14 @@
 """``FakeClock``: a deterministic clock in the shape of Twisted's
 ``task.Clock``, for tests of code that schedules with ``callLater``."""
 
+from __future__ import annotations
+
 import builtins
 import threading
+from collections.abc import Iterable
+from typing import Callable
 
-from .._timers import TimerQueue, check_delay
+from .._timers import DelayedCall, TimerQueue, check_delay
 
 __all__ = ["FakeClock"]
 
@@ -24,16 +28,18 @@ class FakeClock:
     ``advance`` calls do not nest across threads (a second one waits).
     """
 
-    def __init__(self, start=0.0):
+    def __init__(self, start: float = 0.0) -> None:
         self.rightNow = check_delay(start, "start")
         self._timers = TimerQueue(self.seconds)
         self._advancing = threading.RLock()
 
-    def seconds(self):
+    def seconds(self) -> float:
         """The present fake time, in seconds."""
         return self.rightNow
 
-    def callLater(self, delay, callable, *args, **kw):
+    def callLater(
+        self, delay: float, callable: Callable[..., object], *args: object, **kw: object
+    ) -> DelayedCall:
         """Schedule ``callable(*args, **kw)`` ``delay`` fake seconds from now;
         return its :class:`~rcf_sync._timers.DelayedCall`."""
         delay = check_delay(delay)
@@ -41,16 +47,16 @@ class FakeClock:
             raise TypeError(f"callLater needs a callable, got {callable!r}")
         return self._timers.schedule(self.rightNow + delay, callable, args, kw)
 
-    def getDelayedCalls(self):
+    def getDelayedCalls(self) -> list[DelayedCall]:
         """The pending calls, earliest first."""
         return self._timers.pending()
 
     @property
-    def calls(self):
+    def calls(self) -> list[DelayedCall]:
         """Alias of :meth:`getDelayedCalls`, as ``task.Clock.calls``."""
         return self._timers.pending()
 
-    def advance(self, amount):
+    def advance(self, amount: float) -> None:
         """Move time forward by ``amount`` seconds and run every call that
         falls due. ``ValueError`` for a negative or NaN amount."""
         amount = check_delay(amount, "amount")
@@ -64,10 +70,10 @@ class FakeClock:
                     break
                 due[0]()
 
-    def pump(self, timings):
+    def pump(self, timings: Iterable[float]) -> None:
         """:meth:`advance` by each amount in ``timings`` in turn."""
         for amount in timings:
             self.advance(amount)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<FakeClock t={self.rightNow!r} pending={len(self._timers)}>"

@@ -1,10 +1,16 @@
 """``EchoServer``: a loopback echo server to point clients at in tests,
 demos and examples, which can be killed and restarted on the same port."""
 
+from __future__ import annotations
+
 import socket
 import threading
+from typing import TYPE_CHECKING
 
 from ._proxy import _loopback_host
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["EchoServer", "echo_round_trip"]
 
@@ -24,7 +30,7 @@ class EchoServer:
     Thread-safe; under gevent's monkey-patching its threads are greenlets.
     """
 
-    def __init__(self, host="127.0.0.1", port=0, mode="echo"):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, mode: str = "echo") -> None:
         self._family, host = _loopback_host(host, "EchoServer")
         if mode not in _MODES:
             raise ValueError(f"mode must be one of {', '.join(_MODES)}, got {mode!r}")
@@ -32,25 +38,25 @@ class EchoServer:
         self.port = port
         self.mode = mode
         self.accepted = 0
-        self._listener = None
-        self._thread = None
-        self._handlers = []
-        self._conns = set()
+        self._listener: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._handlers: list[threading.Thread] = []
+        self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
 
     @property
-    def address(self):
+    def address(self) -> tuple[str, int]:
         """``(host, port)`` it listens on."""
         return (self.host, self.port)
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def start(self):
+    def start(self) -> Self:
         """Listen (on the same port as before, if it ran already); returns ``self``."""
         listener = socket.socket(self._family)
         try:
@@ -60,14 +66,14 @@ class EchoServer:
         except BaseException:
             listener.close()
             raise
-        self.port = listener.getsockname()[1]
+        self.port = int(listener.getsockname()[1])
         self._listener = listener
         self._thread = threading.Thread(target=self._accept_loop, args=(listener,),
                                         name="echo-accept", daemon=True)
         self._thread.start()
         return self
 
-    def _accept_loop(self, listener):
+    def _accept_loop(self, listener: socket.socket) -> None:
         while True:
             try:
                 conn, _ = listener.accept()
@@ -83,7 +89,7 @@ class EchoServer:
                 self._changed.notify_all()
             handler.start()
 
-    def _handle(self, conn):
+    def _handle(self, conn: socket.socket) -> None:
         try:
             while True:
                 data = conn.recv(65536)
@@ -98,17 +104,31 @@ class EchoServer:
                 self._conns.discard(conn)
             conn.close()
 
-    def wait_accepted(self, n=1, timeout=5):
+    def wait_accepted(self, n: int = 1, timeout: float | None = 5) -> bool:
         """Block until ``n`` connections were accepted in all; False on timeout."""
         with self._lock:
             return self._changed.wait_for(lambda: self.accepted >= n, timeout)
 
-    def connections(self):
+    def connections(self) -> int:
         """How many connections are open now."""
         with self._lock:
             return len(self._conns)
 
-    def drop_all(self, reset=False):
+    def push(self, data: bytes) -> int:
+        """Send ``data`` unasked on every open connection (a server pushing a
+        notification, or a reply nobody waits for); return how many got it."""
+        with self._lock:
+            conns = list(self._conns)
+        sent = 0
+        for c in conns:
+            try:
+                c.sendall(data)
+                sent += 1
+            except OSError:
+                pass
+        return sent
+
+    def drop_all(self, reset: bool = False) -> None:
         """Close every open connection (with an RST when ``reset``); keep listening."""
         with self._lock:
             conns = list(self._conns)
@@ -120,7 +140,7 @@ class EchoServer:
             except OSError:
                 pass
 
-    def stop(self, timeout=5):
+    def stop(self, timeout: float | None = 5) -> None:
         """Stop listening, close every connection, join the threads. Idempotent."""
         listener, self._listener = self._listener, None
         if listener is not None:
@@ -139,7 +159,7 @@ class EchoServer:
             t.join(timeout)
 
 
-def echo_round_trip(sock, payload):
+def echo_round_trip(sock: socket.socket, payload: bytes) -> bytes:
     """Send ``payload`` on ``sock`` and read back exactly as many bytes (one
     request to an :class:`EchoServer`); ``ConnectionResetError`` if the peer
     closes first. Meant for ``client.call(echo_round_trip, payload)``."""

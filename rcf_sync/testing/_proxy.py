@@ -25,6 +25,8 @@ connection buffers at most 256 KiB before the proxy stops reading from that
 side (back-pressure, as TCP itself would apply).
 """
 
+from __future__ import annotations
+
 import collections
 import errno
 import ipaddress
@@ -37,6 +39,10 @@ import socket
 import struct
 import threading
 import time
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 __all__ = ["FaultProxy"]
 
@@ -57,7 +63,7 @@ _CONNECTING = "connecting"
 _CONNECTED = "connected"
 
 
-def _loopback_host(host, owner="FaultProxy"):
+def _loopback_host(host: object, owner: str = "FaultProxy") -> tuple[socket.AddressFamily, str]:
     """Return ``(family, literal)`` for a loopback listen host, else raise
     ``ValueError`` saying that ``owner`` listens on loopback only."""
     if not isinstance(host, str):
@@ -79,7 +85,7 @@ def _loopback_host(host, owner="FaultProxy"):
     return family, str(addr)
 
 
-def _port(value, what):
+def _port(value: Any, what: str) -> int:
     try:
         port = operator.index(value)
     except TypeError:
@@ -89,7 +95,7 @@ def _port(value, what):
     return port
 
 
-def _close_reset(sock):
+def _close_reset(sock: socket.socket) -> None:
     """Close ``sock`` abortively: the peer gets a RST (ECONNRESET)."""
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
@@ -98,7 +104,7 @@ def _close_reset(sock):
     sock.close()
 
 
-def _close_fin(sock):
+def _close_fin(sock: socket.socket) -> None:
     """Close ``sock`` in an orderly way: the peer reads end-of-file.
 
     Unread input is discarded first, because closing a socket that still has
@@ -122,13 +128,14 @@ class _Pipe:
 
     __slots__ = ("chunks", "buffered", "eof_in", "eof_out")
 
-    def __init__(self):
-        self.chunks = collections.deque()  # of [due_time, memoryview]
+    def __init__(self) -> None:
+        # Each chunk is [due time, data] (a list: _flush trims the data in place).
+        self.chunks: collections.deque[list[Any]] = collections.deque()
         self.buffered = 0
         self.eof_in = False  # the source sent a FIN
         self.eof_out = False  # the FIN was passed on to the destination
 
-    def head_due(self):
+    def head_due(self) -> float | None:
         return self.chunks[0][0] if self.chunks else None
 
 
@@ -140,25 +147,26 @@ class _Conn:
         "to_up", "to_client", "masks", "closed",
     )
 
-    def __init__(self, client, budget):
+    def __init__(self, client: socket.socket, budget: int | None) -> None:
         self.client = client
-        self.upstream = None
+        self.upstream: socket.socket | None = None
         self.state = _PENDING
         self.addr_index = 0
         self.budget = budget  # bytes left before the cut, or None
         self.to_up = _Pipe()
         self.to_client = _Pipe()
-        self.masks = {}  # socket -> registered selector mask
+        self.masks: dict[socket.socket, int] = {}  # socket -> registered selector mask
         self.closed = False
 
 
 class _Command:
     __slots__ = ("func", "args", "done", "result", "error")
 
-    def __init__(self, func, args):
+    def __init__(self, func: Callable[..., object], args: tuple[Any, ...]) -> None:
         self.func, self.args = func, args
         self.done = threading.Event()
-        self.result = self.error = None
+        self.result: object = None
+        self.error: BaseException | None = None
 
 
 class FaultProxy:
@@ -185,7 +193,10 @@ class FaultProxy:
     ``RuntimeError`` if the proxy is not running (not started, or closed).
     """
 
-    def __init__(self, upstream, *, host="127.0.0.1", port=0, max_connections=256):
+    def __init__(
+        self, upstream: tuple[str, int], *, host: str = "127.0.0.1", port: int = 0,
+        max_connections: int = 256,
+    ) -> None:
         try:
             up_host, up_port = upstream
         except (TypeError, ValueError):
@@ -202,27 +213,36 @@ class FaultProxy:
 
         self._lock = threading.Lock()
         self._count_changed = threading.Condition(self._lock)
-        self._commands = []
+        self._commands: list[_Command] = []
         self._started = False
         self._stopping = False
         self._running = False
         self._count = 0
-        self._address = None
-        self._thread = None
-        self._wake_r = self._wake_w = None
+        self._address: tuple[str, int] | None = None
+        self._thread: threading.Thread | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
 
         # Owned by the loop thread once started.
-        self._sel = None
-        self._listener = None
-        self._upstream_addrs = []
-        self._conns = set()
+        self._sel: selectors.BaseSelector | None = None
+        self._listener: socket.socket | None = None
+        self._upstream_addrs: list[tuple[int, Any]] = []
+        self._conns: set[_Conn] = set()
         self._blackholed = False
         self._delay = 0.0
-        self._cut = None
+        self._cut: int | None = None
+
+    @property
+    def _selector(self) -> selectors.BaseSelector:
+        """The loop's selector (exists from :meth:`start` on)."""
+        sel = self._sel
+        if sel is None:
+            raise RuntimeError("FaultProxy not started")
+        return sel
 
     # ----------------------------------------------------------- lifecycle
 
-    def start(self):
+    def start(self) -> Self:
         """Bind the listening socket and start the proxy thread.
 
         Raises ``RuntimeError`` if already started (or closed), ``OSError``
@@ -244,12 +264,13 @@ class FaultProxy:
             wake_w.setblocking(False)
             sel.register(wake_r, selectors.EVENT_READ, _WAKE)
             self._sel = sel
-            self._listen()
+            listener = self._listen()
         except BaseException:
             self._undo_start(sel, wake_r, wake_w)
             raise
-        self._address = self._listener.getsockname()[:2]
-        self._port = self._address[1]
+        host, port = listener.getsockname()[:2]
+        self._address = (host, port)
+        self._port = port
         thread = threading.Thread(
             target=self._loop, name=f"FaultProxy {self._host}:{self._port}", daemon=True)
         with self._lock:
@@ -272,7 +293,9 @@ class FaultProxy:
             raise
         return self
 
-    def _undo_start(self, sel, wake_r, wake_w):
+    def _undo_start(
+        self, sel: selectors.BaseSelector, wake_r: socket.socket, wake_w: socket.socket
+    ) -> None:
         """Close what a failed or overtaken start() opened."""
         if self._listener is not None:
             self._listener.close()
@@ -281,7 +304,7 @@ class FaultProxy:
         wake_r.close()
         wake_w.close()
 
-    def close(self):
+    def close(self) -> None:
         """Stop the proxy: close the listening socket and every connection
         (orderly, as :meth:`close_all`), and join the proxy thread.
 
@@ -302,16 +325,17 @@ class FaultProxy:
             self._wake_r = self._wake_w = None
         if wake_r is not None:
             wake_r.close()
+        if wake_w is not None:
             wake_w.close()
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         self.start()
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         where = f"{self._address[0]}:{self._address[1]}" if self._address else "unbound"
         up = f"{self._upstream[0]}:{self._upstream[1]}"
         return f"<FaultProxy {where} -> {up} connections={self._count}>"
@@ -319,7 +343,7 @@ class FaultProxy:
     # ---------------------------------------------------------- properties
 
     @property
-    def address(self):
+    def address(self) -> tuple[str, int]:
         """The ``(host, port)`` the proxy listens on; the same across
         :meth:`refuse` and :meth:`accept`. ``RuntimeError`` before
         :meth:`start`. Thread-safe."""
@@ -328,14 +352,14 @@ class FaultProxy:
         return self._address
 
     @property
-    def connection_count(self):
+    def connection_count(self) -> int:
         """The number of proxied connections now open (counted on the
         client side, from accept until the proxy closes that connection).
         Thread-safe."""
         with self._lock:
             return self._count
 
-    def _wait_connection_count(self, predicate, timeout):
+    def _wait_connection_count(self, predicate: Callable[[int], bool], timeout: float | None) -> bool:
         """Wait until ``predicate(connection_count)`` holds; return whether it
         did within ``timeout`` seconds."""
         with self._count_changed:
@@ -343,34 +367,34 @@ class FaultProxy:
 
     # ------------------------------------------------------------ commands
 
-    def refuse(self):
+    def refuse(self) -> None:
         """Stop listening: new connects are refused (``ECONNREFUSED``) until
         :meth:`accept`. Connections already made, including any still in
         the listen backlog, are accepted and keep working. No-op if not
         listening. Raises ``RuntimeError`` if not running. Thread-safe."""
         self._call(self._do_refuse)
 
-    def accept(self):
+    def accept(self) -> None:
         """Listen again, on the same address (``SO_REUSEADDR``), so new
         connects succeed. No-op if already listening. Raises ``OSError`` if
         the port was taken meanwhile, ``RuntimeError`` if not running.
         Thread-safe."""
         self._call(self._do_accept)
 
-    def reset_all(self):
+    def reset_all(self) -> None:
         """Reset every open connection: both of its sockets are closed with
         ``SO_LINGER`` 0, so the client and the upstream server see
         ``ECONNRESET``. Raises ``RuntimeError`` if not running. Thread-safe."""
         self._call(self._do_reset_all)
 
-    def close_all(self):
+    def close_all(self) -> None:
         """Close every open connection in an orderly way (FIN on both
         sides): the client and the upstream server read end-of-file. Data
         not yet forwarded is dropped. Raises ``RuntimeError`` if not
         running. Thread-safe."""
         self._call(self._do_close_all)
 
-    def blackhole(self):
+    def blackhole(self) -> None:
         """Forward nothing, either way, from now on, on every connection.
 
         Existing connections stop forwarding (what is already buffered stays
@@ -380,7 +404,7 @@ class FaultProxy:
         ``RuntimeError`` if not running. Thread-safe."""
         self._call(self._do_set, "_blackholed", True)
 
-    def delay(self, seconds):
+    def delay(self, seconds: float) -> None:
         """Hold each chunk read from now on for ``seconds`` before forwarding
         it, in each direction (so a round trip gains twice ``seconds``).
         Order is kept. ``ValueError`` for a negative, infinite or NaN value,
@@ -393,7 +417,7 @@ class FaultProxy:
             raise ValueError(f"delay must be a finite number >= 0, got {seconds!r}")
         self._call(self._do_set, "_delay", seconds)
 
-    def cut_after(self, n):
+    def cut_after(self, n: int) -> None:
         """Cut each connection accepted from now on once ``n`` bytes in
         total (both directions together) have been forwarded on it: both of
         its sockets are then reset (``ECONNRESET``), as by :meth:`reset_all`.
@@ -410,7 +434,7 @@ class FaultProxy:
             raise ValueError(f"cut_after needs a byte count >= 0, got {n!r}")
         self._call(self._do_set, "_cut", n)
 
-    def heal(self):
+    def heal(self) -> None:
         """Forward normally again: undo :meth:`blackhole`, :meth:`delay` and
         :meth:`cut_after`. Held connections resume (and connect upstream if
         they had not); chunks waiting out a delay are forwarded at once;
@@ -421,7 +445,7 @@ class FaultProxy:
 
     # ---------------------------------------------- command plumbing
 
-    def _call(self, func, *args):
+    def _call(self, func: Callable[..., object], *args: object) -> object:
         if threading.current_thread() is self._thread:
             return func(*args)
         cmd = _Command(func, args)
@@ -436,7 +460,7 @@ class FaultProxy:
             raise error
         return cmd.result
 
-    def _wake(self):
+    def _wake(self) -> None:
         with self._lock:
             wake_w = self._wake_w
             if wake_w is None:
@@ -446,7 +470,7 @@ class FaultProxy:
             except BlockingIOError:
                 pass  # a wake-up is already pending
 
-    def _run_commands(self):
+    def _run_commands(self) -> None:
         with self._lock:
             commands, self._commands = self._commands, []
         for cmd in commands:
@@ -456,10 +480,10 @@ class FaultProxy:
                 cmd.error = exc
             cmd.done.set()
 
-    def _do_set(self, name, value):
+    def _do_set(self, name: str, value: object) -> None:
         setattr(self, name, value)
 
-    def _do_heal(self):
+    def _do_heal(self) -> None:
         self._blackholed = False
         self._delay = 0.0
         self._cut = None
@@ -468,47 +492,48 @@ class FaultProxy:
                 for chunk in pipe.chunks:
                     chunk[0] = 0.0
 
-    def _listen(self):
+    def _listen(self) -> socket.socket:
         listener = socket.socket(self._family, socket.SOCK_STREAM)
         try:
             listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             listener.bind((self._host, self._port))
             listener.listen(128)
             listener.setblocking(False)
-            self._sel.register(listener, selectors.EVENT_READ, _LISTEN)
+            self._selector.register(listener, selectors.EVENT_READ, _LISTEN)
         except BaseException:
             listener.close()
             raise
         self._listener = listener
+        return listener
 
-    def _do_refuse(self):
+    def _do_refuse(self) -> None:
         if self._listener is None:
             return
         for _ in range(16):  # take in what is already in the backlog
             if not self._accept_some():
                 break
-        self._sel.unregister(self._listener)
+        self._selector.unregister(self._listener)
         self._listener.close()
         self._listener = None
 
-    def _do_accept(self):
+    def _do_accept(self) -> None:
         if self._listener is None:
             self._listen()
 
-    def _do_reset_all(self):
+    def _do_reset_all(self) -> None:
         for conn in list(self._conns):
             self._end(conn, reset=True)
 
-    def _do_close_all(self):
+    def _do_close_all(self) -> None:
         for conn in list(self._conns):
             self._end(conn, reset=False)
 
     # ----------------------------------------------------------- the loop
 
-    def _loop(self):
+    def _loop(self) -> None:
         try:
             while not self._stopping:
-                events = self._sel.select(self._timeout())
+                events = self._selector.select(self._timeout())
                 for key, mask in events:
                     data = key.data
                     if data is _WAKE:
@@ -528,7 +553,7 @@ class FaultProxy:
         finally:
             self._teardown()
 
-    def _teardown(self):
+    def _teardown(self) -> None:
         with self._lock:
             self._running = False
             commands, self._commands = self._commands, []
@@ -540,9 +565,9 @@ class FaultProxy:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
-        self._sel.close()
+        self._selector.close()
 
-    def _timeout(self):
+    def _timeout(self) -> float | None:
         """Seconds until the next delayed chunk falls due (None: no timer).
 
         A chunk already due whose destination has write interest registered
@@ -559,7 +584,7 @@ class FaultProxy:
                 if due is None:
                     continue
                 if due <= now:
-                    if conn.masks.get(dst, 0) & selectors.EVENT_WRITE:
+                    if dst is not None and conn.masks.get(dst, 0) & selectors.EVENT_WRITE:
                         continue
                     return 0.0
                 if soonest is None or due < soonest:
@@ -568,19 +593,25 @@ class FaultProxy:
             return None
         return max(0.0, soonest - now)
 
-    def _drain_wake(self):
+    def _drain_wake(self) -> None:
+        wake_r = self._wake_r
+        if wake_r is None:  # close() took it: nothing left to drain
+            return
         try:
-            while self._wake_r.recv(4096):
+            while wake_r.recv(4096):
                 pass
         except BlockingIOError:
             pass
 
-    def _accept_some(self):
+    def _accept_some(self) -> bool:
         """Accept up to a batch of pending connections; return whether the
         batch was full (so more may be waiting)."""
+        listener = self._listener
+        if listener is None:
+            return False
         for _ in range(_ACCEPT_BATCH):
             try:
-                sock, _ = self._listener.accept()
+                sock, _ = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return False
             except OSError as exc:  # e.g. ECONNABORTED, EMFILE
@@ -603,12 +634,12 @@ class FaultProxy:
             self._pump(conn)
         return True
 
-    def _count_delta(self, delta):
+    def _count_delta(self, delta: int) -> None:
         with self._count_changed:
             self._count += delta
             self._count_changed.notify_all()
 
-    def _connect_next(self, conn):
+    def _connect_next(self, conn: _Conn) -> None:
         """Start a non-blocking connect to the next upstream address; close
         the client (FIN) when none is left."""
         while conn.addr_index < len(self._upstream_addrs):
@@ -629,7 +660,7 @@ class FaultProxy:
             sock.close()
         self._end(conn, reset=False)
 
-    def _ready(self, conn, sock, mask):
+    def _ready(self, conn: _Conn, sock: socket.socket, mask: int) -> None:
         if sock is conn.upstream and conn.state == _CONNECTING:
             err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if err == 0:
@@ -659,7 +690,7 @@ class FaultProxy:
         # Writes are made by _pump, which runs for every connection after
         # each round of events.
 
-    def _flush(self, conn, pipe, dst):
+    def _flush(self, conn: _Conn, pipe: _Pipe, dst: socket.socket) -> bool:
         """Send the due chunks of ``pipe`` to ``dst``; return False if the
         connection ended."""
         now = time.monotonic()
@@ -695,7 +726,7 @@ class FaultProxy:
                 pass
         return True
 
-    def _pump(self, conn):
+    def _pump(self, conn: _Conn) -> None:
         """Move what can be moved on ``conn`` and update its registrations."""
         if conn.closed:
             return
@@ -709,11 +740,14 @@ class FaultProxy:
             self._connect_next(conn)
             if conn.closed:
                 return
+        upstream = conn.upstream
+        if upstream is None:  # pragma: no cover - connecting or connected has one
+            raise RuntimeError(f"{conn.state} connection without an upstream socket")
         if conn.state == _CONNECTING:
             self._register(conn, conn.client, 0)
-            self._register(conn, conn.upstream, selectors.EVENT_WRITE)
+            self._register(conn, upstream, selectors.EVENT_WRITE)
             return
-        if not self._flush(conn, conn.to_up, conn.upstream):
+        if not self._flush(conn, conn.to_up, upstream):
             return
         if not self._flush(conn, conn.to_client, conn.client):
             return
@@ -723,7 +757,7 @@ class FaultProxy:
         now = time.monotonic()
         for sock, pipe_in, pipe_out in (
             (conn.client, conn.to_up, conn.to_client),
-            (conn.upstream, conn.to_client, conn.to_up),
+            (upstream, conn.to_client, conn.to_up),
         ):
             mask = 0
             if not pipe_in.eof_in and pipe_in.buffered < _BUFFER_LIMIT:
@@ -733,23 +767,23 @@ class FaultProxy:
                 mask |= selectors.EVENT_WRITE  # the last send would block
             self._register(conn, sock, mask)
 
-    def _register(self, conn, sock, mask):
+    def _register(self, conn: _Conn, sock: socket.socket, mask: int) -> None:
         old = conn.masks.get(sock, 0)
         if mask == old:
             return
         if old == 0:
-            self._sel.register(sock, mask, (conn, sock))
+            self._selector.register(sock, mask, (conn, sock))
         elif mask == 0:
-            self._sel.unregister(sock)
+            self._selector.unregister(sock)
         else:
-            self._sel.modify(sock, mask, (conn, sock))
+            self._selector.modify(sock, mask, (conn, sock))
         conn.masks[sock] = mask
 
-    def _unregister(self, conn, sock):
+    def _unregister(self, conn: _Conn, sock: socket.socket) -> None:
         if conn.masks.pop(sock, 0):
-            self._sel.unregister(sock)
+            self._selector.unregister(sock)
 
-    def _end(self, conn, reset):
+    def _end(self, conn: _Conn, reset: bool) -> None:
         """Close both sockets of ``conn``: with a RST if ``reset``, else
         with a FIN."""
         if conn.closed:

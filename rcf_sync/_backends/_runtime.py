@@ -1,0 +1,343 @@
+"""The thread backend's process-wide runtime and its lifetime.
+
+One *loop thread* per process owns an ``epoll`` (or ``selectors``) poller,
+a heap of real-time timers and a queue of callbacks posted from other
+threads (woken through a socketpair); a :class:`WorkerPool` runs what must
+block. The runtime is a lifetime object:
+
+* :meth:`Runtime.acquire` counts a user and starts the loop if needed;
+  :meth:`Runtime.release` lowers the count and, after the last user, waits
+  for the loop to stop and stops the idle workers -- unless a new user came
+  meanwhile (the count is re-checked after the wait, under the lock), in
+  which case everything keeps running for it.
+* After ``os.fork()`` the child's runtime forgets the parent's loop thread,
+  workers and wake-up channel (closing its copies of their descriptors, never
+  touching the poller the parent still uses) and builds new ones when it is
+  next needed; the timers stay, so back-off schedules carry on.
+
+Ownership: ``_users``, ``_thread``, ``_poller``, ``_wake_r``/``_wake_w`` under
+``_cond``; ``_ready`` is a deque appended to by any thread and consumed by
+the loop only; the poller's registrations belong to the loop thread (other
+threads post to it), except :meth:`arm_now` which ``epoll`` makes safe from
+any thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import select
+import selectors
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from .._timers import TimerQueue
+from ._base import after_fork_in_child, guard
+from ._workers import WorkerPool
+
+if TYPE_CHECKING:
+    from .._timers import DelayedCall
+    from ._thread import ThreadClock, _Arming
+
+__all__ = ["Runtime", "READ", "WRITE", "IDLE", "MAX_WORKERS"]
+
+
+#: Worker threads busy at once (name lookups, user code); idle ones exit.
+MAX_WORKERS = 16
+#: Threads of abandoned (hung) user code allowed besides those.
+MAX_ABANDONED = 48
+#: Seconds an idle worker waits for a job before it exits.
+WORKER_IDLE_TIMEOUT = 10.0
+
+READ, WRITE, IDLE = "readable", "writable", "idle"
+
+#: Callbacks the loop runs between two looks at its due timers.
+_TIMER_CHECK_EVERY = 32
+
+
+class _Poller:
+    """One-shot readiness notifications."""
+
+    def __init__(self) -> None:
+        self._callbacks: dict[int, Callable[[], None]] = {}
+        self._epoll: Any
+        self._selector: Any
+        if hasattr(select, "epoll"):
+            self._epoll = select.epoll()
+            one = select.EPOLLONESHOT
+            self._masks = {
+                READ: select.EPOLLIN | one,
+                WRITE: select.EPOLLOUT | one,
+                # Bytes nobody asked for, a FIN or an RST on an idle connection.
+                IDLE: select.EPOLLIN | getattr(select, "EPOLLRDHUP", 0x2000) | one,
+            }
+        else:  # pragma: no cover - not Linux
+            self._epoll = None
+            self._selector = selectors.DefaultSelector()
+            self._masks = {READ: selectors.EVENT_READ, WRITE: selectors.EVENT_WRITE,
+                           IDLE: selectors.EVENT_READ}
+
+    def arm(self, fd: int, kind: str, callback: Callable[[], None]) -> None:
+        self._callbacks[fd] = callback
+        mask = self._masks[kind]
+        if self._epoll is not None:
+            try:
+                self._epoll.register(fd, mask)
+            except FileExistsError:
+                self._epoll.modify(fd, mask)
+        else:  # pragma: no cover
+            try:
+                self._selector.modify(fd, mask)
+            except KeyError:
+                self._selector.register(fd, mask)
+
+    def forget(self, fd: int) -> None:
+        self._callbacks.pop(fd, None)
+        if self._epoll is not None:
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass
+        else:  # pragma: no cover
+            try:
+                self._selector.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+
+    def poll(self, timeout: float | None) -> list[Callable[[], None]]:
+        """Wait up to ``timeout`` seconds; return the callbacks of ready fds
+        (each disarmed)."""
+        ready = []
+        if self._epoll is not None:
+            for fd, _ in self._epoll.poll(-1 if timeout is None else timeout):
+                cb = self._callbacks.pop(fd, None)
+                if cb is not None:
+                    ready.append(cb)
+        else:  # pragma: no cover
+            for key, _ in self._selector.select(timeout):
+                cb = self._callbacks.pop(key.fd, None)
+                try:
+                    self._selector.unregister(key.fd)
+                except (KeyError, ValueError):
+                    pass
+                if cb is not None:
+                    ready.append(cb)
+        return ready
+
+    def close(self) -> None:
+        (self._epoll or self._selector).close()
+
+
+class Runtime:
+    """The process-wide loop thread, its poller, timers and workers."""
+
+    clock: ThreadClock
+    arming: _Arming
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition(threading.Lock())
+        self._users = 0
+        self._thread: threading.Thread | None = None
+        self._poller: _Poller | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._ready: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]] = (
+            collections.deque())
+        self._sleeping = False  # loop thread only (read racily by post())
+        self.timers = TimerQueue(time.monotonic, on_earlier=self.wake)
+        self.workers = WorkerPool(MAX_WORKERS, self.post, WORKER_IDLE_TIMEOUT,
+                                  MAX_WORKERS + MAX_ABANDONED)
+        after_fork_in_child(self._reset_in_child, first=True)
+
+    # -- lifetime -----------------------------------------------------------
+
+    def acquire(self) -> None:
+        """Count a user; the loop runs from now on."""
+        with self._cond:
+            self._users += 1
+            self._ensure_running_locked()
+            self._cond.notify_all()
+
+    def release(self, timeout: float = 5.0) -> None:
+        """Uncount a user. After the last one, wait (up to ``timeout``) for
+        the loop to finish what is queued and stop, then stop idle workers,
+        unless another user arrived meanwhile."""
+        with self._cond:
+            self._users -= 1
+            if self._users > 0:
+                return
+            thread = self._thread
+            self._wake_locked()
+            if thread is not None and thread is not threading.current_thread():
+                self._cond.wait_for(lambda: self._thread is not thread or self._users > 0, timeout)
+            if self._users > 0:
+                return
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+        self.workers.stop(timeout)
+        # A worker may have finished a job of an abandoned attempt after the
+        # loop stopped: its delivery (which closes what the job made) runs
+        # here rather than staying queued for a loop that may never come.
+        with self._cond:
+            leftovers = []
+            if self._thread is None and self._users <= 0:
+                leftovers = list(self._ready)
+                self._ready.clear()
+        for fn, args in leftovers:
+            guard(fn, *args)
+
+    def _ensure_running_locked(self) -> None:
+        if self._thread is None:
+            self._poller = _Poller()
+            self._wake_r, self._wake_w = socket.socketpair()
+            self._wake_r.setblocking(False)
+            self._wake_w.setblocking(False)
+            self._thread = threading.Thread(target=self._run, name="rcf_sync-loop", daemon=True)
+            self._thread.start()
+
+    def _reset_in_child(self) -> None:
+        # After fork: no loop thread, no workers exist here. Close our copies
+        # of the poller and wake-up pair without touching their registrations
+        # (the epoll instance is shared with the parent until closed).
+        self._cond = threading.Condition(threading.Lock())
+        closing: list[socket.socket | _Poller | None] = [self._wake_r, self._wake_w, self._poller]
+        for obj in closing:
+            if obj is not None:
+                try:
+                    obj.close()
+                except OSError:
+                    pass
+        self._poller = None
+        self._wake_r = self._wake_w = None
+        self._thread = None
+        self._ready = collections.deque()
+        self.timers.reset_lock()
+        self.workers.reset_after_fork()
+
+    def threads(self) -> list[threading.Thread]:
+        """The threads of ours alive now (for tests and benchmarks)."""
+        out = [t for t in self.workers.threads if t.is_alive()]
+        t = self._thread
+        if t is not None and t.is_alive():
+            out.append(t)
+        return out
+
+    # -- from any thread ----------------------------------------------------
+
+    def post(self, fn: Callable[..., object], *args: Any) -> None:
+        """Run ``fn(*args)`` on the loop thread soon. Never blocks."""
+        ready = self._ready
+        was_empty = not ready
+        ready.append((fn, args))
+        # The loop looks at the queue after it marks itself asleep, so only
+        # the post that finds the queue empty has to wake it.
+        if self._thread is None:
+            with self._cond:
+                self._ensure_running_locked()
+        elif was_empty and self._sleeping:
+            self.wake()
+
+    def schedule(self, when: float, fn: Callable[..., object], args: tuple[Any, ...],
+                 kw: dict[str, Any]) -> DelayedCall:
+        """A timer on the loop at monotonic time ``when``."""
+        call = self.timers.schedule(when, fn, args, kw)
+        if self._thread is None:
+            with self._cond:
+                self._ensure_running_locked()
+        return call
+
+    def wake(self) -> None:
+        w = self._wake_w
+        if w is not None:
+            try:
+                w.send(b"\0")
+            except OSError:
+                pass
+
+    def _wake_locked(self) -> None:
+        self.wake()
+
+    def in_loop(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    # -- loop thread only -----------------------------------------------------
+
+    def arm(self, sock: socket.socket, kind: str, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` on the loop once ``sock`` is ready for ``kind``."""
+        assert self._poller is not None, "arm() outside the running loop"
+        self._poller.arm(sock.fileno(), kind, callback)
+
+    def forget(self, sock: socket.socket) -> None:
+        poller = self._poller
+        if poller is None:
+            return
+        try:
+            fd = sock.fileno()
+        except OSError:
+            return
+        if fd >= 0:
+            poller.forget(fd)
+
+    def _drain_wakeups(self) -> None:
+        wake_r, poller = self._wake_r, self._poller
+        assert wake_r is not None and poller is not None
+        try:
+            while wake_r.recv(4096):
+                pass
+        except OSError:
+            pass
+        poller.arm(wake_r.fileno(), READ, self._drain_wakeups)
+
+    def _run(self) -> None:
+        poller, wake_r = self._poller, self._wake_r
+        assert poller is not None and wake_r is not None
+        poller.arm(wake_r.fileno(), READ, self._drain_wakeups)
+        timers, ready = self.timers, self._ready
+        while True:
+            for i in range(len(ready)):
+                fn, args = ready.popleft()
+                guard(fn, *args)
+                if i % _TIMER_CHECK_EVERY == _TIMER_CHECK_EVERY - 1:
+                    self._run_due()
+            self._run_due()
+            with self._cond:
+                stop = self._users <= 0 and not ready and not len(timers)
+                if stop:
+                    self._stop_locked()
+            if stop:
+                # A post or timer that came while we decided to stop may
+                # have seen this thread still set: start a new loop for it.
+                if ready or len(timers):
+                    with self._cond:
+                        self._ensure_running_locked()
+                return
+            next_time = timers.next_time()
+            timeout = None if next_time is None else max(0.0, next_time - time.monotonic())
+            self._sleeping = True
+            if ready:
+                timeout = 0
+            try:
+                callbacks = poller.poll(timeout)
+            finally:
+                self._sleeping = False
+            for i, cb in enumerate(callbacks):
+                guard(cb)
+                if i % _TIMER_CHECK_EVERY == _TIMER_CHECK_EVERY - 1:
+                    self._run_due()
+
+    def _run_due(self) -> None:
+        # A burst of work (a thousand attempts) must not make every timer due
+        # meanwhile late by the whole burst: they run between its slices.
+        for call in self.timers.pop_due(time.monotonic()):
+            guard(call)
+
+    def _stop_locked(self) -> None:
+        for obj in (self._poller, self._wake_r, self._wake_w):
+            if obj is not None:
+                obj.close()
+        self._poller = None
+        self._wake_r = self._wake_w = None
+        self._thread = None
+        self._cond.notify_all()
+

@@ -1,0 +1,138 @@
+"""The backend seam: what a client or pool asks of its backend, as
+:class:`typing.Protocol` classes (for type checkers; nothing inherits).
+
+A backend hands a handle every concurrency primitive it needs, so client
+code never imports ``threading`` or ``gevent``."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Generator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Callable, Protocol
+
+if TYPE_CHECKING:
+    from .._callbacks import UserCode
+    from .._interfaces import IReactorTime
+    from .._steps import Step
+
+__all__ = ["Backend", "Event", "Lock", "IdleWatch", "Cancellable", "Abandonable",
+           "Steps", "Deliver"]
+
+#: An attempt: a generator of steps that returns the connected socket.
+Steps = Generator["Step", Any, Any]
+#: ``deliver(result, exc)``: exactly one of them is not None.
+Deliver = Callable[[Any, "BaseException | None"], None]
+
+
+class Lock(Protocol):
+    """A mutual-exclusion lock (``with lock:``)."""
+
+    def __enter__(self) -> bool: ...
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None, /) -> None: ...
+
+
+class Event(Protocol):
+    """An event callers of the backend may wait on."""
+
+    def set(self) -> None: ...
+    def clear(self) -> None: ...
+    def is_set(self) -> bool: ...
+    def wait(self, timeout: float | None = None) -> bool | None: ...
+
+
+class IdleWatch(Protocol):
+    """Watches an idle connection for bytes nobody asked for and hang-ups."""
+
+    def leased(self) -> None:
+        """The lease holder took the connection."""
+        ...
+
+    def released(self) -> None:
+        """The lease holder gave it back idle."""
+        ...
+
+    def rearm(self) -> None:
+        """Loop: watch again (after a check found it quiet)."""
+        ...
+
+    def close(self) -> None:
+        """Stop watching (before the socket is closed)."""
+        ...
+
+    def abandon(self) -> None:
+        """After a fork: stop reacting, starting nothing in the child."""
+        ...
+
+
+class Cancellable(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Abandonable(Protocol):
+    def abandon(self) -> None: ...
+
+
+class Backend(Protocol):
+    """What :class:`~rcf_sync.ReconnectingClient` and the pool use."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def clock(self) -> IReactorTime[Any]:
+        """The real clock (monotonic seconds) whose calls run on the loop."""
+        ...
+
+    @property
+    def caller_thread(self) -> int | None:
+        """The OS thread allowed to call the handle's methods, or None for any."""
+        ...
+
+    def lock(self) -> Lock: ...
+    def event(self) -> Event: ...
+
+    def thread_ident(self) -> int:
+        """The calling OS thread's identity (even under monkey-patching)."""
+        ...
+
+    def describe_caller_error(self) -> str:
+        """Why the calling thread may not use this backend's handles."""
+        ...
+
+    def acquire(self) -> None:
+        """Count a handle using the backend (its background starts)."""
+        ...
+
+    def release(self, timeout: float = 5.0) -> None:
+        """Uncount a handle; after the last, stop the background."""
+        ...
+
+    def call_soon(self, fn: Callable[..., object], *args: object) -> None:
+        """Run ``fn(*args)`` on the loop soon; never blocks."""
+        ...
+
+    def in_loop(self) -> bool: ...
+
+    def call_later_real(self, seconds: float, fn: Callable[..., object],
+                        *args: object) -> Cancellable:
+        """A timer in real time, whatever the handle's back-off clock."""
+        ...
+
+    def start_attempt(self, steps: Steps, timeout: float | None,
+                      deliver: Callable[[Any, BaseException | None], None],
+                      user_code: UserCode) -> Cancellable:
+        """Drive an attempt; ``deliver(sock, exc)`` on the loop at its end."""
+        ...
+
+    def run_blocking(self, fn: Callable[..., Any], args: tuple[Any, ...],
+                     deliver: Deliver, threaded: bool = False) -> Abandonable:
+        """Run user code off the loop; ``deliver(result, exc)`` on the loop."""
+        ...
+
+    def watch_idle(self, sock: socket.socket, callback: Callable[[], None]) -> IdleWatch: ...
+
+    def settle(self, timeout: float) -> None:
+        """Wait (bounded) until what the backend cancelled is gone."""
+        ...

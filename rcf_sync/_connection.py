@@ -1,0 +1,137 @@
+"""One connection and who owns it.
+
+A :class:`Connection` is, at any moment, in exactly one of the
+:class:`Owner` states, changed only under its handle's lock:
+
+``IDLE``     nobody uses it; the handle may lease it, the loop may check it.
+``LEASED``   one caller holds it (a lease, ``call()``, a heartbeat).
+``LOOP``     the loop is looking at it (an idle watch fired); callers wait.
+``DEAD``     out of service: closed or about to be; never handed out again.
+
+A connection used through the handle's own ``sendall()`` / ``recv()`` is
+a *stream*: its user reads the reply in a later lease than the one that sent
+the request, so bytes waiting between leases are expected there and only a
+hang-up discards it.
+
+A connection is *doomed* when something decided, while it was leased, that
+it must go (the peer hung up, ``connector.disconnect()``): the lease holder
+keeps using the socket until the lease ends, then the connection is
+discarded with that reason.
+"""
+
+from __future__ import annotations
+
+import enum
+import select
+import socket
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from ._backends._seam import Cancellable, IdleWatch
+
+from ._backends._base import idle_status, original
+
+__all__ = ["Owner", "Connection", "lease_check", "stream_check"]
+
+
+class Owner(enum.Enum):
+    """Who may use a :class:`Connection` now."""
+
+    IDLE = "idle"
+    LEASED = "leased"
+    LOOP = "loop"
+    DEAD = "dead"
+
+
+_POLLRDHUP = getattr(select, "POLLRDHUP", 0)
+_POLL_EVENTS = select.POLLIN | _POLLRDHUP
+_BROKEN = select.POLLHUP | select.POLLERR | select.POLLNVAL
+_poll_class: list[Callable[[], Any] | None] = []
+
+
+def _new_poll() -> Any:
+    if not _poll_class:
+        try:
+            _poll_class.append(original("select", "poll"))
+        except AttributeError:  # pragma: no cover - no poll() on this platform
+            _poll_class.append(None)
+    cls = _poll_class[0]
+    return None if cls is None else cls()
+
+
+class Connection:
+    """A live connection of a client or pool (not public)."""
+
+    __slots__ = ("sock", "session", "serial", "owner", "doomed", "stream", "watch",
+                 "heartbeat", "idle_since", "_poll", "_pending")
+
+    def __init__(self, sock: socket.socket, serial: int, session: object = None) -> None:
+        # Immutable after creation:
+        self.sock = sock
+        self.session: Any = sock if session is None else session  # what a lease hands out
+        self.serial = serial
+        # Under the handle's lock:
+        self.owner = Owner.IDLE
+        self.doomed: BaseException | None = None  # discard with it when the lease ends
+        self.stream = False     # set (once, for good) by the handle's sendall()/recv()
+        # Loop only (set right after creation, cleared on close):
+        self.watch: IdleWatch | None = None
+        self.heartbeat: Cancellable | None = None
+        # Written by the lease holder at release, read by the heartbeat:
+        self.idle_since = time.monotonic()
+        self._poll: Any = None  # lease_check's poll object, made on first use
+        # TLS: bytes already decrypted wait in the SSL object, not the kernel.
+        self._pending: Callable[[], int] | None = getattr(sock, "pending", None)
+
+    def __repr__(self) -> str:
+        return f"<Connection #{self.serial} {self.owner.name}>"
+
+
+def lease_check(conn: Connection) -> BaseException | None:
+    """Called by a caller that was just handed ``conn``: ``None`` when it
+    can be used, else the exception to discard it with (bytes nobody asked
+    for are waiting, or the peer closed it). One non-blocking ``poll()``
+    system call; through TLS, also the bytes already decrypted."""
+    sock = conn.sock
+    poll = conn._poll
+    if poll is None:
+        poll = conn._poll = _new_poll()
+        if poll is None:  # pragma: no cover
+            return None
+        try:
+            poll.register(sock.fileno(), _POLL_EVENTS)
+        except (OSError, ValueError):
+            return ConnectionResetError("the connection is closed")
+    events = poll.poll(0)
+    if not events:
+        pending = conn._pending
+        if pending is None or not pending():
+            return None
+    if conn.stream:
+        return _stream_problem(events)
+    status = idle_status(sock)
+    if status == "quiet":  # TLS records without data (session tickets)
+        return None
+    if status == "closed":
+        return ConnectionResetError("the peer closed the connection")
+    return ConnectionError("unexpected data from the peer on an idle connection")
+
+
+def _stream_problem(events: list[tuple[int, int]]) -> BaseException | None:
+    # A stream may have its reply waiting; only a hang-up with nothing left
+    # to read (or an error) makes it unusable.
+    mask = events[0][1] if events else 0
+    if mask & _BROKEN or (mask & _POLLRDHUP and not mask & select.POLLIN):
+        return ConnectionResetError("the peer closed the connection")
+    return None
+
+
+def stream_check(conn: Connection) -> BaseException | None:
+    """Loop, idle watch fired on a stream: the exception to discard it with,
+    or None (its waiting bytes are its user's)."""
+    poll = conn._poll
+    if poll is None:
+        lease_check(conn)  # makes the poll object
+        poll = conn._poll
+    return _stream_problem(poll.poll(0)) if poll is not None else None

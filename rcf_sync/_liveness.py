@@ -1,0 +1,126 @@
+"""How a handle notices that an idle connection is no good: bytes nobody
+asked for, a peer's FIN or RST, or a failing heartbeat.
+
+The backend's idle watch calls :meth:`Liveness._idle_event` on the loop.
+The loop then takes the connection (``Owner.LOOP``) so that no caller can
+lease it half-checked, looks without blocking, and either gives it back
+(quiet: TLS records without data) or discards it. A connection leased at
+that moment is only marked *doomed* if the peer hung up (its holder's
+release discards it); bytes arriving during a lease are the holder's reply.
+
+A heartbeat is user code: it runs in the handle's user-code queue on a
+connection nobody has leased for ``heartbeat_interval`` seconds, leased to
+the background meanwhile; raising, or not returning within the interval
+(its socket times out), is a loss.
+"""
+
+import time
+
+from ._backends._base import idle_status, peer_gone
+from ._connection import Owner, stream_check
+from ._steps import UserCall
+
+__all__ = ["Liveness"]
+
+
+class Liveness:
+    """Mixin for handles (uses the handle's lock, backend and losses)."""
+
+    def _watch(self, conn):
+        """Loop: start the idle watch of a new connection."""
+        conn.watch = self._backend.watch_idle(conn.sock, lambda: self._idle_event(conn))
+
+    def _idle_event(self, conn):
+        with self._lock:
+            owner = conn.owner
+            if owner is Owner.IDLE:
+                conn.owner = Owner.LOOP
+        if owner is Owner.DEAD:
+            return
+        if owner is not Owner.IDLE:  # leased: only a hang-up concerns us now
+            if owner is Owner.LEASED and peer_gone(conn.sock):
+                with self._lock:
+                    if conn.doomed is None:
+                        conn.doomed = ConnectionResetError("the peer closed the connection")
+            return
+        if conn.stream:
+            problem = stream_check(conn)
+            if problem is not None:
+                self._mark_lost(conn, problem)
+            else:  # its user's reply is waiting: watch again after the next lease
+                self._give_back(conn, rearm=False)
+            return
+        status = idle_status(conn.sock)
+        if status == "quiet":
+            self._give_back(conn)
+            return
+        if status == "closed":
+            exc = ConnectionResetError("the peer closed or reset the connection")
+        else:
+            # Bytes nobody asked for: handing this stream to a caller could
+            # give it a reply that is not its own.
+            exc = ConnectionError("unexpected data from the peer on an idle connection")
+        self._mark_lost(conn, exc)
+
+    def _give_back(self, conn, rearm=True):
+        """Loop: the loop is done with ``conn`` and it is healthy."""
+        ticket = None
+        with self._lock:
+            if conn.owner is not Owner.LOOP:
+                return
+            ticket = self._leases.hand(conn)
+            conn.owner = Owner.LEASED if ticket is not None else Owner.IDLE
+            if ticket is None and self._keeps_idle:
+                self._returned_locked(conn)
+        if ticket is not None:
+            ticket.event.set()
+        elif rearm and conn.watch is not None:
+            conn.watch.rearm()
+
+    # -- heartbeat ------------------------------------------------------------
+
+    def _schedule_heartbeat(self, conn, delay=None):
+        conn.heartbeat = self._backend.call_later_real(
+            self._heartbeat_interval if delay is None else delay, self._heartbeat_due, conn)
+
+    def _heartbeat_due(self, conn):
+        conn.heartbeat = None
+        interval = self._heartbeat_interval
+        with self._lock:
+            if conn.owner is Owner.DEAD or self._closed:
+                return
+            idle_for = time.monotonic() - conn.idle_since
+            busy = conn.owner is not Owner.IDLE or idle_for < interval
+            if not busy:
+                conn.owner = Owner.LOOP
+        if busy:
+            self._schedule_heartbeat(conn, max(0.0, interval - idle_for)
+                                     if conn.owner is Owner.IDLE else None)
+            return
+        if self._pauses and conn.watch is not None:
+            conn.watch.leased()
+
+        def beat(sock=conn.sock):
+            sock.settimeout(interval)
+            try:
+                self._heartbeat(conn.session)
+            finally:
+                sock.settimeout(None)
+
+        def steps():
+            yield UserCall(beat)
+
+        def done(_, exc):
+            if exc is not None:
+                self._mark_lost(conn, exc)
+                return
+            conn.idle_since = time.monotonic()
+            self._give_back(conn)
+            with self._lock:
+                alive = conn.owner is not Owner.DEAD
+            if alive:
+                self._schedule_heartbeat(conn)
+
+        # Run as an attempt so that a heartbeat that hangs past twice the
+        # interval is abandoned (and the connection lost) like a hung connect.
+        self._backend.start_attempt(steps(), interval * 2, done, self._user)

@@ -1,0 +1,79 @@
+"""How a handle calls the factory and the user's callbacks, and what it
+does when they raise (see ``_callbacks`` for the queue they run in)."""
+
+import logging
+
+from ._connection import Connection
+
+__all__ = ["RunsUserCode"]
+
+log = logging.getLogger("rcf_sync")
+
+
+class RunsUserCode:
+    """Mixin for handles."""
+
+    def _factory_calls(self, calls, then=None):
+        """Loop: call the factory's methods ``calls`` ((name, args) pairs) in
+        order, then ``then(result of the last)`` on the loop. Inline when the
+        factory is ours; in the user-code queue otherwise. An exception
+        stops the handle (:meth:`_user_failed`)."""
+        factory = self.factory
+        if self._trusted:  # ours: it cannot block, so no hand-off (the usual case)
+            name = None
+            result = None
+            try:
+                for name, args in calls:
+                    result = getattr(factory, name)(*args)
+            except Exception as exc:
+                self._user_failed(f"{type(factory).__name__}.{name}()", exc)
+                return
+            if then is not None:
+                then(result)
+            return
+        where = [None]
+
+        def run():
+            result = None
+            for name, args in calls:
+                where[0] = name
+                result = getattr(factory, name)(*args)
+            return result
+
+        def done(result, exc):
+            if exc is not None:
+                self._user_failed(f"{type(factory).__name__}.{where[0]}()", exc)
+            elif then is not None:
+                then(result)
+
+        self._user.run(run, (), done)
+
+    def _user_callback(self, label, fn, *args):
+        """Loop: run user callback ``fn(*args)`` in the queue; raising stops
+        the handle."""
+        def done(result, exc):
+            if exc is not None:
+                self._user_failed(label, exc)
+        self._user.run(fn, args, done)
+
+    def _user_failed(self, where, exc):
+        """Loop: user code raised ``exc``. Log it once, and stop truthfully:
+        STOPPED, ``last_error`` set, waiters get ``GaveUp`` chained to it,
+        pending retries cancelled; ``reconnect_now()`` starts again."""
+        log.error("%s: %s raised %s: %s; the client stopped trying (reconnect_now() starts "
+                  "again)", self.name, where, type(exc).__name__, exc,
+                  exc_info=(type(exc), exc, exc.__traceback__))
+        with self._lock:
+            if self._closed:
+                return
+            self._halted = exc
+            self._stats.last_error = exc
+            self._stop_reason = f"{where} raised {type(exc).__name__}: {exc}"
+            to_close = self._halt_locked()
+        if self._factory_clock is not None:
+            self._factory_clock.cancel_all()
+        for item in to_close:
+            if isinstance(item, Connection):
+                self._close_conn(item)
+            else:
+                self._cancel_attempt(item)
