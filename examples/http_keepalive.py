@@ -155,7 +155,7 @@ def main(argv):
     host, _, port = address.rpartition(":")
     closes = 0
     with KeepAliveClient(host or "127.0.0.1", int(port)) as http:
-        for n in range(repeat):
+        for _ in range(repeat):
             for path in paths:
                 response = http.get(path)
                 closes += response.closed

@@ -20,12 +20,11 @@ import traceback  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
-
-from _servers import Desync, NginxServer, RedisServer, ServerMissing, request  # noqa: E402
 import gevent_patched_suite  # noqa: E402
+from _servers import Desync, NginxServer, RedisServer, ServerMissing, request  # noqa: E402
 from gevent_patched_suite import Guard, expect  # noqa: E402
-from rcf_sync import (ConnectionLost, ConnectTimeout, ReconnectingClient,  # noqa: E402
-                      ReconnectingClientFactory, State)
+
+from rcf_sync import ConnectionLost, ConnectTimeout, ReconnectingClient, ReconnectingClientFactory, State  # noqa: E402
 from rcf_sync.testing import FakeClock  # noqa: E402
 
 # These checks fork and exec servers and move 128 KiB bodies through h11
@@ -60,42 +59,64 @@ def check(fn):
     return fn
 
 
-def run_under_restarts(server, worker, workers_n, total, restarts, done):
-    """Spawn ``workers_n`` greenlets running ``worker(n, progress)``; each
-    time a further share of ``total`` requests is done, SIGKILL and restart
-    ``server``."""
-    marks = {total * k // (restarts + 1): gevent.event.Event() for k in range(1, restarts + 1)}
+#: Most requests one greenlet makes in a check (they stop when told).
+MAX_REQUESTS = 1000
 
-    def progress():
-        done[0] += 1
-        event = marks.get(done[0])
-        if event is not None:
-            event.set()
 
+class Progress:
+    """Counts finished requests, so that a server is restarted only once the
+    greenlets made ``n`` more since the last restart (while still at work)."""
+
+    def __init__(self):
+        self.done = 0
+        self.stop = False
+        self._target = None
+        self._event = None
+
+    def tick(self):
+        self.done += 1
+        if self._target is not None and self.done >= self._target:
+            self._event.set()
+
+    def wait_for_more(self, n, timeout=30):
+        self._target, self._event = self.done + n, gevent.event.Event()
+        return self._event.wait(timeout)
+
+
+def run_under_restarts(server, worker, workers_n, restarts, step):
+    """Spawn ``workers_n`` greenlets ``worker(n, progress)``, SIGKILL and
+    restart ``server`` ``restarts`` times, each after ``step`` more
+    requests, and end after ``step`` more; return the requests done."""
+    progress = Progress()
     workers = [gevent.spawn(worker, n, progress) for n in range(workers_n)]
     try:
-        for mark in sorted(marks):
-            expect(marks[mark].wait(30), f"only {done[0]} of {mark} requests done in time")
+        for _ in range(restarts):
+            expect(progress.wait_for_more(step), f"stuck at {progress.done} requests")
             server.restart()
+        expect(progress.wait_for_more(step), f"stuck at {progress.done} requests")
+        progress.stop = True
         gevent.joinall(workers, timeout=60)
         expect(all(w.dead for w in workers), "workers still running")
     finally:
+        progress.stop = True
         gevent.killall(workers, timeout=5)
+    return progress.done
 
 
 @check
 def check_redis_100_greenlets_across_sigkill_restarts():
     """If 100 greenlets share one client while redis is SIGKILLed and
     restarted three times, then every GET sees its own value (or nil)."""
-    workers_n, requests_n, restarts = 100, 8, 3
-    total = workers_n * requests_n
-    own, nils, mismatches, errors, done = [], [], [], [], [0]
+    workers_n, restarts, step = 100, 3, 200
+    own, nils, mismatches, errors = [], [], [], []
     with RedisServer() as redis:
         with ReconnectingClient(redis.address, factory=quick(), lost_on=(Desync,)) as c:
             expect(c._backend.name == "gevent", f"backend {c._backend.name}")
 
             def worker(n, progress):
-                for i in range(requests_n):
+                for i in range(MAX_REQUESTS):
+                    if progress.stop:
+                        return
                     key, value = f"g{n}:r{i}", f"value of g{n}:r{i}".encode() * (1 + n % 5)
                     try:
                         got = c.call(set_get, key, value, timeout=20)
@@ -103,9 +124,9 @@ def check_redis_100_greenlets_across_sigkill_restarts():
                         errors.append(repr(exc))
                     else:
                         (own if got == value else nils if got is None else mismatches).append(key)
-                    progress()
+                    progress.tick()
 
-            run_under_restarts(redis, worker, workers_n, total, restarts, done)
+            total = run_under_restarts(redis, worker, workers_n, restarts, step)
             stats = c.stats
         expect(redis.starts == restarts + 1, f"{redis.starts} starts")
     print(f"   {len(own)} own values, {len(nils)} nil, {len(mismatches)} mismatched,"
@@ -113,6 +134,7 @@ def check_redis_100_greenlets_across_sigkill_restarts():
     expect(mismatches == [], f"mismatched replies for {mismatches[:5]}")
     expect(errors == [], f"failed requests: {errors[:3]}")
     expect(len(own) + len(nils) == total, f"{len(own) + len(nils)} of {total} done")
+    expect(stats.connects >= restarts + 1, f"only {stats.connects} connections")
     expect(stats.losses >= restarts, f"only {stats.losses} losses for {restarts} restarts")
 
 
@@ -151,14 +173,15 @@ def check_http_keepalive_across_nginx_restarts():
     """If 20 greenlets GET files over h11 sessions while nginx answers
     Connection: close every 5th request and is SIGKILLed and restarted three
     times, then every body is right and no request fails."""
-    workers_n, requests_n, restarts = 20, 10, 3
-    total = workers_n * requests_n
+    workers_n, restarts, step = 20, 3, 50
     names = sorted(FILES)
-    wrong, errors, closes, done = [], [], [], [0]
+    wrong, errors, closes = [], [], []
     with NginxServer(FILES, keepalive_requests=5) as nginx:
         with http_keepalive.KeepAliveClient(*nginx.address, factory=quick()) as http:
             def worker(n, progress):
-                for i in range(requests_n):
+                for i in range(MAX_REQUESTS):
+                    if progress.stop:
+                        return
                     name = names[(n + i) % len(names)]
                     try:
                         response = http.get(f"/{name}", timeout=20, attempts=None)
@@ -168,15 +191,16 @@ def check_http_keepalive_across_nginx_restarts():
                         if response.status != 200 or response.body != FILES[name]:
                             wrong.append(name)
                         closes.append(response.closed)
-                    progress()
+                    progress.tick()
 
-            run_under_restarts(nginx, worker, workers_n, total, restarts, done)
+            total = run_under_restarts(nginx, worker, workers_n, restarts, step)
             stats = http.client.stats
     print(f"   {total} GETs, {sum(closes)} Connection: close, {stats.connects} connections,"
           f" {stats.losses} losses")
     expect(wrong == [], f"wrong bodies for {wrong[:5]}")
     expect(errors == [], f"failed requests: {errors[:3]}")
     expect(len(closes) == total, f"{len(closes)} of {total} done")
+    expect(stats.connects >= restarts + 1, f"only {stats.connects} connections")
     expect(sum(closes) >= total // 10, f"only {sum(closes)} Connection: close answers")
 
 
