@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 import time
 
-__all__ = ["ServerMissing", "RedisServer", "NginxServer", "ci", "free_port",
+__all__ = ["ServerMissing", "RedisServer", "NginxServer", "ci", "find_binary", "free_port",
            "RespError", "Desync", "resp_command", "read_reply", "request"]
 
 #: How long a server may take to accept connections after it was started.

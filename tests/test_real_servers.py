@@ -20,7 +20,16 @@ import time
 from pathlib import Path
 
 import pytest
-from _servers import START_TIMEOUT, Desync, NginxServer, RedisServer, ServerMissing, ci, request
+from _servers import (
+    START_TIMEOUT,
+    Desync,
+    NginxServer,
+    RedisServer,
+    ServerMissing,
+    ci,
+    find_binary,
+    request,
+)
 
 from rcf_sync import (
     ConnectionLost,
@@ -166,6 +175,29 @@ def set_get(sock, key, value):
     if request(sock, "SET", key, value) != "OK":
         raise Desync("SET was not answered OK")
     return request(sock, "GET", key)
+
+
+# -- a missing server ------------------------------------------------------------
+
+
+def test_a_missing_program_names_its_package():
+    """If a server's program is not on the path, then ServerMissing says which package to apt-get install."""
+    with pytest.raises(ServerMissing, match="apt-get install some-package"):
+        find_binary("no-such-server-rcf-sync", "some-package")
+
+
+def test_a_missing_server_skips_locally_and_fails_under_ci(monkeypatch):
+    """If a server is not installed, then its tests skip with the install command, or fail when CI is set."""
+    class Missing:
+        def __init__(self):
+            raise ServerMissing("redis-server is not installed: apt-get install redis-server")
+
+    monkeypatch.setenv("CI", "")
+    with pytest.raises(pytest.skip.Exception, match="apt-get install redis-server"):
+        need(Missing)
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="apt-get install redis-server"):
+        need(Missing)
 
 
 # -- redis: load across SIGKILL restarts -------------------------------------------
