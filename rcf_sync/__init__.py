@@ -25,6 +25,7 @@ from ._errors import (
     ConnectTimeout,
     GaveUp,
     NotConnectingError,
+    ProtocolModeError,
     RCFError,
 )
 from ._factory import ReconnectingClientFactory
@@ -62,6 +63,7 @@ __all__ = [
     "GaveUp",
     "ClientClosed",
     "NotConnectingError",
+    "ProtocolModeError",
     "AlreadyCalled",
     "AlreadyCancelled",
     "__version__",

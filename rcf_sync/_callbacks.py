@@ -96,6 +96,11 @@ class UserCode:
         if drained is not None:
             drained.set()
 
+    def idle(self) -> bool:
+        """True when no call is queued or running (read on the loop, which
+        is where calls are queued from)."""
+        return self._running is None
+
     def wait_drained(self, timeout: float) -> bool:
         """Block (up to ``timeout`` seconds) until no call is queued or
         running; return True if so."""

@@ -9,6 +9,7 @@ import numbers
 
 from ._connection import Owner
 from ._errors import GaveUp
+from ._failure import as_failure
 from ._handle import (
     _DEFAULT_HOOK_TIMEOUT,
     Handle,
@@ -20,7 +21,10 @@ from ._handle import (
     _Pending,
     _remaining,
 )
+from ._factory import uses_protocol
 from ._liveness import Liveness
+from ._protocol_mode import ProtocolMode
+from ._reasons import ClosedHere, PeerClosed
 from ._state import Event, State, transition
 
 __all__ = ["ReconnectingClient", "Stats"]
@@ -28,7 +32,7 @@ __all__ = ["ReconnectingClient", "Stats"]
 _MAX_BUFSIZE = 64 * 1024 * 1024
 
 
-class ReconnectingClient(Liveness, Handle):
+class ReconnectingClient(ProtocolMode, Liveness, Handle):
     """A connection that re-establishes itself, for blocking code.
 
     ``connector``: ``(host, port)``, a Unix socket path, a
@@ -71,6 +75,17 @@ class ReconnectingClient(Liveness, Handle):
     waiters get :class:`~rcf_sync.GaveUp` chained to it, and
     :meth:`reconnect_now` starts again.
 
+    The factory is told why with a :class:`~rcf_sync.Failure`: of the
+    connect error for a failed attempt, of ``ConnectionDone`` for an orderly
+    close, of ``ConnectionLost`` (or ``ConnectionAborted``) otherwise;
+    ``on_disconnect`` gets the same exception, unwrapped.
+
+    When the factory builds protocols (``protocol`` set, or
+    ``buildProtocol`` overridden), the client drives one per connection
+    and the socket is the protocol's: see :attr:`protocol`,
+    :meth:`wait_protocol` and :meth:`call_protocol`; the handle methods
+    then raise :class:`~rcf_sync.ProtocolModeError`.
+
     Every public method is safe to call from any thread (on the gevent
     backend: from greenlets of the hub's thread; another thread gets a
     ``RuntimeError`` saying so). Use it as a context manager, or call
@@ -90,6 +105,14 @@ class ReconnectingClient(Liveness, Handle):
             raise ValueError("heartbeat needs a heartbeat_interval > 0")
         super().__init__(connector, factory, backend, clock, on_connect, on_disconnect, name,
                          on_connect_timeout, lost_on)
+        self._proto_mode = uses_protocol(self.factory)  # immutable
+        if self._proto_mode:
+            if heartbeat is not None:
+                raise ValueError("heartbeat cannot be used when the factory builds a protocol "
+                                 "(the protocol owns the socket)")
+            # The factory makes the user's protocols: its calls share their
+            # queue, so they keep Twisted's order (connectionLost first).
+            self._trusted = False
         self._heartbeat = heartbeat            # immutable
         self._stamp_use = heartbeat is not None
         # Under the lock:
@@ -124,7 +147,17 @@ class ReconnectingClient(Liveness, Handle):
         Raises :class:`~rcf_sync.ConnectTimeout` after ``timeout`` real
         seconds, :class:`~rcf_sync.GaveUp` when trying stops or after
         ``fail_after_failures`` failed attempts counted from this call, and
-        :class:`~rcf_sync.ClientClosed` when the client is closed."""
+        :class:`~rcf_sync.ClientClosed` when the client is closed;
+        :class:`~rcf_sync.ProtocolModeError` when the factory builds a
+        protocol (use :meth:`wait_protocol`)."""
+        self._refuse_socket("wait_connected()")
+        return self._wait_live(self._live_socket_locked, timeout, fail_after_failures)
+
+    def _live_socket_locked(self):
+        conn = self._conn
+        return conn.sock if conn is not None and conn.owner is not Owner.DEAD else None
+
+    def _wait_live(self, pick_locked, timeout, fail_after_failures):
         deadline = _deadline(timeout)
         if fail_after_failures is not None and (
                 not isinstance(fail_after_failures, numbers.Integral) or fail_after_failures < 1):
@@ -134,9 +167,9 @@ class ReconnectingClient(Liveness, Handle):
             first = self._failures
         while True:
             with self._lock:
-                conn = self._conn
-                if conn is not None and conn.owner is not Owner.DEAD:
-                    return conn.sock
+                live = pick_locked()
+                if live is not None:
+                    return live
                 self._raise_if_hopeless_locked()
                 if fail_after_failures is not None and self._failures - first >= fail_after_failures:
                     raise GaveUp(
@@ -150,6 +183,7 @@ class ReconnectingClient(Liveness, Handle):
     def sendall(self, data, timeout=None):
         """Send all of ``data`` on the connection (waiting for one first).
         ``ConnectionLost`` when the connection dies under it."""
+        self._refuse_socket("sendall()")
         deadline = _deadline(timeout)
         with self._lease_until(deadline) as sock:
             if deadline is not None:
@@ -163,13 +197,14 @@ class ReconnectingClient(Liveness, Handle):
         if not (type(bufsize) is int or isinstance(bufsize, numbers.Integral)) \
                 or isinstance(bufsize, bool) or not 0 < bufsize <= _MAX_BUFSIZE:
             raise ValueError(f"bufsize must be an integer in 1..{_MAX_BUFSIZE}, got {bufsize!r}")
+        self._refuse_socket("recv()")
         deadline = _deadline(timeout)
         with self._lease_until(deadline) as sock:
             if deadline is not None:
                 sock.settimeout(max(0.0, _remaining(deadline)))
             data = sock.recv(bufsize)
             if not data:
-                raise ConnectionResetError("the peer closed the connection")
+                raise PeerClosed("the peer closed the connection")
             return data
 
     def stop_trying(self):
@@ -233,7 +268,9 @@ class ReconnectingClient(Liveness, Handle):
         return True
 
     def _connector_disconnect(self, connector):
-        reason = ConnectionAbortedError("disconnect() was called")
+        if self._proto_mode and self._lose_protocol_connection():
+            return
+        reason = ClosedHere("disconnect() was called")
         with self._lock:
             conn = self._conn
             if conn is not None and conn.owner is Owner.LEASED:
@@ -284,6 +321,9 @@ class ReconnectingClient(Liveness, Handle):
         if self._closed:
             sock.close()
             return
+        if self._proto_mode:
+            self._protocol_built(pending, sock)
+            return
         self._factory_calls([("resetDelay", ())], lambda _: self._connected(pending, sock))
 
     def _connected(self, pending, sock):
@@ -294,7 +334,8 @@ class ReconnectingClient(Liveness, Handle):
         if not usable:
             sock.close()
             return
-        self._watch(conn)
+        if pending.protocol is None:
+            self._watch(conn)
         with self._lock:
             if self._closed:
                 conn.owner = Owner.DEAD
@@ -309,6 +350,8 @@ class ReconnectingClient(Liveness, Handle):
             return
         if ticket is not None:
             ticket.event.set()
+        if pending.protocol is not None:
+            self._drive(conn, pending.protocol)
         if self._heartbeat is not None:
             self._schedule_heartbeat(conn)
 
@@ -320,7 +363,7 @@ class ReconnectingClient(Liveness, Handle):
             self._stats.last_error = reason
         calls = [("doStop", ())]
         if not self._closed:
-            calls.insert(0, ("clientConnectionFailed", (self._connector, reason)))
+            calls.insert(0, ("clientConnectionFailed", (self._connector, as_failure(reason))))
         self._factory_calls(calls, lambda _: self._after_factory(Event.FAILED))
 
     def _after_factory(self, event):
@@ -346,18 +389,18 @@ class ReconnectingClient(Liveness, Handle):
             self._conn = None
 
     def _lost(self, conn, exc):
+        reason = self._settle_reason(conn, exc)  # before a protocol hears of it
         self._close_conn(conn)
         if self._closed:
             self._factory_calls([("doStop", ())])
             return
-        reason = self._loss_reason(exc)
 
         def after(_):
             self._after_factory(Event.LOST)
             if self._on_disconnect is not None:
                 self._user_callback("on_disconnect()", self._on_disconnect, reason)
 
-        self._factory_calls([("clientConnectionLost", (self._connector, reason)),
+        self._factory_calls([("clientConnectionLost", (self._connector, as_failure(reason))),
                              ("doStop", ())], after)
 
     def _halt_locked(self):
@@ -423,9 +466,7 @@ class ReconnectingClient(Liveness, Handle):
         if conn is not None:
             self._close_conn(conn)
         calls = [("stopTrying", ())] + [("doStop", ())] * ((pending is not None) + (conn is not None))
-        self._factory_calls(calls)
-        self._untrack_factory_clock()
-        self._connector._release(self)
+        self._factory_calls(calls, self._shutdown_done, always=True)
 
     def _forked(self):
         self._forked_locked_state()

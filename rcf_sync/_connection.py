@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from ._backends._seam import Cancellable, IdleWatch
 
 from ._backends._base import idle_status, original
+from ._reasons import peer_closed
 
 __all__ = ["Owner", "Connection", "lease_check", "stream_check"]
 
@@ -109,21 +110,21 @@ def lease_check(conn: Connection) -> BaseException | None:
         if pending is None or not pending():
             return None
     if conn.stream:
-        return _stream_problem(events)
+        return _stream_problem(events, sock)
     status = idle_status(sock)
     if status == "quiet":  # TLS records without data (session tickets)
         return None
     if status == "closed":
-        return ConnectionResetError("the peer closed the connection")
+        return peer_closed(sock)
     return ConnectionError("unexpected data from the peer on an idle connection")
 
 
-def _stream_problem(events: list[tuple[int, int]]) -> BaseException | None:
+def _stream_problem(events: list[tuple[int, int]], sock: Any) -> BaseException | None:
     # A stream may have its reply waiting; only a hang-up with nothing left
     # to read (or an error) makes it unusable.
     mask = events[0][1] if events else 0
     if mask & _BROKEN or (mask & _POLLRDHUP and not mask & select.POLLIN):
-        return ConnectionResetError("the peer closed the connection")
+        return peer_closed(sock)
     return None
 
 
@@ -134,4 +135,4 @@ def stream_check(conn: Connection) -> BaseException | None:
     if poll is None:
         lease_check(conn)  # makes the poll object
         poll = conn._poll
-    return _stream_problem(poll.poll(0)) if poll is not None else None
+    return _stream_problem(poll.poll(0), conn.sock) if poll is not None else None

@@ -38,7 +38,8 @@ def _reporting(
         def _report(self, what: str, reason: object) -> None:
             delay = _next_delay(self)
             then = f"; next attempt in {delay:.2f}s" if delay is not None else "; giving up"
-            say(f"{what} ({type(reason).__name__}: {reason}){then}")
+            error = getattr(reason, "value", reason)  # the Failure's exception
+            say(f"{what} ({type(error).__name__}: {error}){then}")
 
         def clientConnectionFailed(self, connector: IConnector, reason: object) -> None:
             super().clientConnectionFailed(connector, reason)

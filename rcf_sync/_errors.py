@@ -18,6 +18,7 @@ __all__ = [
     "ConnectionAborted",
     "ConnectTimeout",
     "GaveUp",
+    "ProtocolModeError",
     "ClientClosed",
     "NotConnectingError",
     "AlreadyCalled",
@@ -78,6 +79,12 @@ class ConnectTimeout(RCFError, TimeoutError):
 class GaveUp(RCFError):
     """The client stopped trying (``maxRetries``, ``maxElapsed``,
     ``fail_after_failures`` or ``stop_trying()``), so no connection will come."""
+
+
+class ProtocolModeError(RCFError, RuntimeError):
+    """A handle method that uses the socket was called while a protocol owns
+    it (the factory builds protocols), or a protocol method while none
+    does. The message names what to use instead."""
 
 
 class ClientClosed(RCFError):

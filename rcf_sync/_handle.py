@@ -36,6 +36,7 @@ from ._errors import (ClientClosed, ConnectionLost, ConnectTimeout, GaveUp, RCFE
                       _timeout_compatible)
 from ._factory import ReconnectingClientFactory
 from ._lease import LeaseQueue
+from ._reasons import loss_exception
 from ._state import State
 from ._stats import Stats
 from ._steps import Adopt, UserCall
@@ -49,24 +50,39 @@ log = logging.getLogger("rcf_sync")
 
 _DEFAULT_HOOK_TIMEOUT = 30.0
 
-# Factory methods a subclass may override: when none is, the factory is ours
-# and runs inline on the loop.
-_FACTORY_METHODS = ("clientConnectionFailed", "clientConnectionLost", "startedConnecting",
-                    "retry", "resetDelay", "stopTrying", "doStart", "doStop",
-                    "startFactory", "stopFactory", "buildProtocol")
+# The factory methods the client calls, each with what it calls in turn: a
+# method is ours to run inline only if none of these is overridden.
+_FACTORY_CALLS = {
+    "clientConnectionFailed": ("clientConnectionFailed", "retry"),
+    "clientConnectionLost": ("clientConnectionLost", "retry"),
+    "startedConnecting": ("startedConnecting",),
+    "resetDelay": ("resetDelay",),
+    "stopTrying": ("stopTrying",),
+    "doStart": ("doStart", "startFactory"),
+    "doStop": ("doStop", "stopFactory"),
+    "buildProtocol": ("buildProtocol", "protocol"),  # builds the user's protocol
+}
+_FACTORY_METHODS = tuple(sorted({m for ms in _FACTORY_CALLS.values() for m in ms}))
 
 
 @functools.lru_cache(maxsize=256)
-def _class_is_ours(cls):
-    return issubclass(cls, ReconnectingClientFactory) and all(
-        getattr(cls, m, None) is getattr(ReconnectingClientFactory, m, None)
-        for m in _FACTORY_METHODS)
+def _overridden_in_class(cls):
+    if not issubclass(cls, ReconnectingClientFactory):
+        return frozenset(_FACTORY_METHODS)
+    return frozenset(m for m in _FACTORY_METHODS
+                     if getattr(cls, m, None) is not getattr(ReconnectingClientFactory, m, None))
 
 
-def _factory_is_ours(factory):
-    # A method set on the instance overrides ours as a subclass's would.
+def _ours_to_run(factory):
+    """The factory methods the client may call inline on the loop: those
+    that run only our code (a method set on the instance overrides ours as a
+    subclass's would). ``buildProtocol`` always builds user code."""
     instance = getattr(factory, "__dict__", {})
-    return _class_is_ours(type(factory)) and not any(m in instance for m in _FACTORY_METHODS)
+    overridden = _overridden_in_class(type(factory)) | {m for m in _FACTORY_METHODS
+                                                        if m in instance}
+    overridden |= {"protocol"}
+    return frozenset(name for name, uses in _FACTORY_CALLS.items()
+                     if not overridden.intersection(uses))
 
 
 class _Lease:
@@ -99,11 +115,12 @@ class _Lease:
 class _Pending:
     """The handle's record of an attempt the backend is driving."""
 
-    __slots__ = ("attempt", "session", "cancelled")
+    __slots__ = ("attempt", "session", "protocol", "cancelled")
 
     def __init__(self):
         self.attempt = None     # the backend's attempt (loop only)
         self.session = None     # what on_connect returned
+        self.protocol = None    # what buildProtocol returned (protocol mode)
         self.cancelled = False  # under the handle's lock
 
 
@@ -144,7 +161,8 @@ class Handle(RunsUserCode, ForkSafe):
         self._caller_thread = self._backend.caller_thread  # None: any thread
         self._thread_ident = getattr(self._backend, "thread_ident", None)
         self._pauses = self._backend.name == "gevent"  # its idle watch stops during leases
-        self._trusted = _factory_is_ours(factory)
+        self._ours = _ours_to_run(factory)  # factory methods safe to run inline
+        self._trusted = len(self._ours) == len(_FACTORY_CALLS) - 1  # all but buildProtocol
         self._user = UserCode(self._backend)
         self._factory_clock = None   # loop: the _TrackingClock while running
         self._saved_clock = factory_clock
@@ -310,10 +328,12 @@ class Handle(RunsUserCode, ForkSafe):
         if started:
             wait = 5.0 if timeout is None else timeout
             deadline = time.monotonic() + wait
-            finished = self._on_loop(self._shutdown, timeout=wait)
+            finished = self._on_loop(self._shutdown, timeout=wait, urgent=True)
             # What the factory is told at close (a subclass's stopTrying and
-            # doStop) runs after user code still running for this handle.
-            if finished and not self._trusted:
+            # doStop) runs after user code still running for this handle. A
+            # greenlet running it would outlive close(); a worker thread is
+            # the backend's, and the last release lets it finish first.
+            if finished and not self._trusted and self._backend.name == "gevent":
                 finished = self._user.wait_drained(max(0.0, deadline - time.monotonic()))
             if not finished:
                 log.warning("%s: close() did not see the background finish within %.1fs",
@@ -444,6 +464,14 @@ class Handle(RunsUserCode, ForkSafe):
         self._factory_clock = _TrackingClock(self.clock)
         self.factory.clock = self._factory_clock
 
+    def _shutdown_done(self, _=None):
+        """Loop, after the factory calls queued at close (and any queued
+        before them, which may have scheduled a retry) have run: cancel what
+        the factory still has scheduled, give it its clock back, free the
+        connector."""
+        self._untrack_factory_clock()
+        self._connector._release(self)
+
     def _untrack_factory_clock(self):
         # The factory gets back the clock it had (None: it had none).
         tracking = self._factory_clock
@@ -474,8 +502,8 @@ class Handle(RunsUserCode, ForkSafe):
         return True
 
     def _loss_reason(self, exc):
-        return exc if isinstance(exc, RCFError) else ConnectionLost(
-            f"connection to {self.destination} lost: {exc}", self.destination, exc)
+        # The exception on_disconnect gets; the factory gets it as a Failure.
+        return loss_exception(exc, self.destination)
 
     def _close_conn(self, conn):
         """Loop: stop watching ``conn`` and close its socket."""
@@ -645,9 +673,11 @@ class Handle(RunsUserCode, ForkSafe):
         else:
             self._backend.call_soon(fn)
 
-    def _on_loop(self, fn, timeout=5.0):
+    def _on_loop(self, fn, timeout=5.0, urgent=False):
         """Run ``fn`` on the loop and wait (up to ``timeout``) until it ran.
-        Returns False if it had not run by then."""
+        Returns False if it had not run by then. ``urgent``: ahead of the
+        work already queued there (``close()`` must not wait behind a
+        thousand other clients' attempts)."""
         backend = self._backend
         if backend.in_loop():
             fn()
@@ -663,7 +693,10 @@ class Handle(RunsUserCode, ForkSafe):
             finally:
                 done.set()
 
-        backend.call_soon(run)
+        if urgent:
+            backend.call_first(run)
+        else:
+            backend.call_soon(run)
         finished = done.wait(timeout)
         if failure:
             raise failure[0]

@@ -18,6 +18,7 @@ import time
 
 from ._backends._base import idle_status, peer_gone
 from ._connection import Owner, stream_check
+from ._reasons import peer_closed
 from ._steps import UserCall
 
 __all__ = ["Liveness"]
@@ -41,7 +42,7 @@ class Liveness:
             if owner is Owner.LEASED and peer_gone(conn.sock):
                 with self._lock:
                     if conn.doomed is None:
-                        conn.doomed = ConnectionResetError("the peer closed the connection")
+                        conn.doomed = peer_closed(conn.sock)
             return
         if conn.stream:
             problem = stream_check(conn)
@@ -55,7 +56,7 @@ class Liveness:
             self._give_back(conn)
             return
         if status == "closed":
-            exc = ConnectionResetError("the peer closed or reset the connection")
+            exc = peer_closed(conn.sock)
         else:
             # Bytes nobody asked for: handing this stream to a caller could
             # give it a reply that is not its own.

@@ -16,8 +16,11 @@ import collections
 import numbers
 
 from ._connection import Owner
+from ._factory import uses_protocol
+from ._failure import as_failure
 from ._handle import _DEFAULT_HOOK_TIMEOUT, Handle, _live, _Pending
 from ._liveness import Liveness
+from ._reasons import ClosedHere
 from ._state import State
 
 __all__ = ["ReconnectingPool"]
@@ -35,6 +38,10 @@ class ReconnectingPool(Liveness, Handle):
     the back-off (or with nothing to do), ``STOPPED`` when the factory gave
     up (or user code raised), ``CLOSED`` after :meth:`close`. Thread-safe;
     user code and fork as for the client.
+
+    A pool hands out sockets only: a factory that builds protocols
+    (``protocol`` set, or ``buildProtocol`` overridden) raises
+    ``ValueError``; drive a protocol with a ``ReconnectingClient``.
     """
 
     def __init__(self, connector, size, factory=None, backend="auto", clock=None,
@@ -42,6 +49,10 @@ class ReconnectingPool(Liveness, Handle):
                  on_connect_timeout=_DEFAULT_HOOK_TIMEOUT, lost_on=()):
         if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
             raise ValueError(f"size must be an integer >= 1, got {size!r}")
+        if factory is not None and uses_protocol(factory):
+            raise ValueError(
+                f"{type(factory).__name__} builds protocols, which a pool does not drive: give "
+                "it to a ReconnectingClient (one protocol per client)")
         super().__init__(connector, factory, backend, clock, on_connect, on_disconnect, name,
                          on_connect_timeout, lost_on)
         self.size = int(size)    # immutable
@@ -231,7 +242,7 @@ class ReconnectingPool(Liveness, Handle):
             self._backoff = True
         calls = [("doStop", ())]
         if tell:
-            calls.insert(0, ("clientConnectionFailed", (self._connector, reason)))
+            calls.insert(0, ("clientConnectionFailed", (self._connector, as_failure(reason))))
         self._factory_calls(calls, lambda _: self._after_factory())
 
     def _after_factory(self):
@@ -283,9 +294,8 @@ class ReconnectingPool(Liveness, Handle):
             self._cancel_attempt(handle)
         for conn in conns:
             self._close_conn(conn)
-        self._factory_calls([("stopTrying", ())] + [("doStop", ())] * len(conns))
-        self._untrack_factory_clock()
-        self._connector._release(self)
+        self._factory_calls([("stopTrying", ())] + [("doStop", ())] * len(conns),
+                            self._shutdown_done, always=True)
 
     def _forked(self):
         self._forked_locked_state()
@@ -347,7 +357,7 @@ class ReconnectingPool(Liveness, Handle):
         return True
 
     def _connector_disconnect(self, connector):
-        reason = ConnectionAbortedError("disconnect() was called")
+        reason = ClosedHere("disconnect() was called")
         with self._lock:
             conns = []
             for conn in self._conns:

@@ -13,13 +13,18 @@ log = logging.getLogger("rcf_sync")
 class RunsUserCode:
     """Mixin for handles."""
 
-    def _factory_calls(self, calls, then=None):
+    def _factory_calls(self, calls, then=None, always=False):
         """Loop: call the factory's methods ``calls`` ((name, args) pairs) in
         order, then ``then(result of the last)`` on the loop. Inline when the
         factory is ours; in the user-code queue otherwise. An exception
-        stops the handle (:meth:`_user_failed`)."""
+        stops the handle (:meth:`_user_failed`); with ``always``, ``then``
+        still runs (with None)."""
         factory = self.factory
-        if self._trusted:  # ours: it cannot block, so no hand-off (the usual case)
+        # Ours cannot block: no hand-off (the usual case). A subclass's
+        # inherited methods run inline too, but only when none of its own
+        # code is queued for this handle, so that the order stays the order.
+        if self._trusted or (self._user.idle()
+                             and all(name in self._ours for name, _ in calls)):
             name = None
             result = None
             try:
@@ -27,7 +32,9 @@ class RunsUserCode:
                     result = getattr(factory, name)(*args)
             except Exception as exc:
                 self._user_failed(f"{type(factory).__name__}.{name}()", exc)
-                return
+                if not always:
+                    return
+                result = None
             if then is not None:
                 then(result)
             return
@@ -43,7 +50,9 @@ class RunsUserCode:
         def done(result, exc):
             if exc is not None:
                 self._user_failed(f"{type(factory).__name__}.{where[0]}()", exc)
-            elif then is not None:
+                if not always:
+                    return
+            if then is not None:
                 then(result)
 
         self._user.run(run, (), done)

@@ -30,6 +30,7 @@ import gevent.socket  # noqa: E402
 from rcf_sync import (  # noqa: E402
     ClientClosed,
     ConnectionLost,
+    Protocol,
     ReconnectingClient,
     ReconnectingClientFactory,
     State,
@@ -555,6 +556,45 @@ def check_close_leaves_nothing_behind():
         for f in fillers:
             f.close()
         hang.close()
+        server.stop()
+
+
+@check
+def check_protocol_mode_across_restarts():
+    """If a protocol writes 4 MB to an echo server (which sends it back while
+    we still write) and the server restarts, then everything comes back in
+    order, a new protocol follows, and the hub is never blocked."""
+    payload = bytes(range(256)) * (4 * 1024 * 1024 // 256)
+
+    class Collect(Protocol):
+        def connectionMade(self):
+            self.received = bytearray()
+            self.enough = gevent.event.Event()
+            self.gone = gevent.event.Event()
+
+        def dataReceived(self, data):
+            self.received += data
+            if len(self.received) >= len(payload):
+                self.enough.set()
+
+        def connectionLost(self, reason):
+            self.gone.set()
+
+    server = EchoServer().start()
+    try:
+        factory = ReconnectingClientFactory.forProtocol(Collect, initialDelay=0.02, maxDelay=0.1)
+        with ReconnectingClient(server.address, factory=factory) as c:
+            for round_ in range(2):
+                p = c.wait_protocol(timeout=5)
+                p.transport.write(payload)
+                expect(p.enough.wait(20), f"round {round_}: {len(p.received)} bytes back")
+                expect(bytes(p.received) == payload, f"round {round_}: the bytes differ")
+                if round_ == 0:
+                    server.stop()
+                    expect(p.gone.wait(5), "connectionLost was not called")
+                    server.start()
+                    expect(c.wait_protocol(timeout=5) is not p, "no new protocol")
+    finally:
         server.stop()
 
 

@@ -12,6 +12,7 @@ from rcf_sync import (
     ClientClosed,
     ConnectionLost,
     ConnectTimeout,
+    Failure,
     GaveUp,
     ReconnectingClient,
     ReconnectingClientFactory,
@@ -398,7 +399,8 @@ def test_subclass_override_is_honoured(kit, free_port, server, no_leaks):
     with make(kit, ("127.0.0.1", free_port), clock, factory=Mine()) as c:
         c.wait_state(S.STOPPED, timeout=5)
     assert len(calls) == 1 and calls[0][0] is c.connector
-    assert isinstance(calls[0][1], ConnectionRefusedError)
+    reason = calls[0][1]
+    assert isinstance(reason, Failure) and isinstance(reason.value, ConnectionRefusedError)
 
 
 def test_twisted_clock_drives_a_real_client(kit, free_port, server, no_leaks):

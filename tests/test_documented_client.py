@@ -1,6 +1,6 @@
 """Twisted's documented reconnecting client (``examples/twisted_protocol.py``)
-under Twisted's reactor and, once protocol mode exists, under rcf_sync: the
-same code must print the same sequence of events."""
+under Twisted's reactor and under rcf_sync's protocol mode: the same code
+must print the same sequence of events."""
 
 import pytest
 from documented_client_events import GreetServer, load_example, run_client
@@ -40,7 +40,6 @@ def test_twisted_runs_the_documented_client_through_two_connections_and_a_refusa
     assert events_of("twisted") == EXPECTED
 
 
-@pytest.mark.skip(reason="protocol mode not wired yet")
 def test_rcf_sync_prints_the_same_events_as_twisted():
     """If the documented client runs under rcf_sync and under Twisted against the same kind of server, then both print the same events."""
     pytest.importorskip("twisted")

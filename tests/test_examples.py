@@ -1,10 +1,14 @@
-"""The programs in examples/: each runs by itself to a clean exit, and the
-line-protocol example's server and client can be used from tests."""
+"""The programs in examples/: each runs by itself to a clean exit (those that
+run until Ctrl-C, until interrupted), and the line-protocol example's server
+and client can be used from tests."""
 
 import importlib.util
+import queue
 import re
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -86,3 +90,88 @@ def test_line_protocol_serve_and_client_in_process(line_protocol, backend, no_le
                 client.request("NOPE")
             assert client.echo("") == ""
             assert client.handshakes == 1 and client.stats.connects == 1
+
+
+class RunningExample:
+    """An example run in a subprocess until interrupted like a user's Ctrl-C;
+    :meth:`next_line` waits (bounded) for each line it prints."""
+
+    def __init__(self, name, *args):
+        self.proc = subprocess.Popen([sys.executable, "-X", "dev", str(EXAMPLES / name), *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     cwd=str(EXAMPLES.parent))
+        self._lines = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        self.seen = []
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self._lines.put(line.rstrip("\n"))
+        self._lines.put(None)
+
+    def next_line(self, timeout=20):
+        try:
+            line = self._lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no line within {timeout}s after {self.seen}") from None
+        assert line is not None, f"the example ended after {self.seen}"
+        self.seen.append(line)
+        return line
+
+    def interrupt(self):
+        """Ctrl-C; return the stderr of a clean exit (status 0)."""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            _, err = self.proc.communicate(timeout=20)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.communicate()
+        self._reader.join(5)
+        assert self.proc.returncode == 0, err
+        assert "Warning" not in err and "Traceback" not in err, err
+        return err
+
+
+def test_twisted_protocol_example_runs_until_interrupted():
+    """If examples/twisted_protocol.py is run against a server that greets once and goes away, then it prints Twisted's documented events and exits 0 on Ctrl-C."""
+    from documented_client_events import GreetServer
+
+    server = GreetServer(connections=1).start()
+    try:
+        run = RunningExample("twisted_protocol.py", "127.0.0.1", str(server.port))
+        try:
+            assert [run.next_line() for _ in range(5)] == [
+                "Started to connect.", "Connected.", "Resetting reconnection delay", "hello 1",
+                f"Lost connection.  Reason: connection to 127.0.0.1:{server.port} closed cleanly "
+                "by the peer"]
+            assert run.next_line() == "Started to connect."
+            assert run.next_line().startswith("Connection failed. Reason: [Errno 111]")
+        finally:
+            run.interrupt()
+    finally:
+        assert server.stop()
+
+
+def test_redis_subscribe_example_resubscribes_after_a_restart():
+    """If examples/redis_subscribe.py runs against a loopback RESP server that publishes, restarts and publishes again, then it prints both messages and subscribes twice."""
+    from test_redis_subscribe import FakeRedis
+
+    server = FakeRedis().start()
+    try:
+        run = RunningExample("redis_subscribe.py", "127.0.0.1", str(server.port), "news")
+        try:
+            assert run.next_line() == "subscribed to news"
+            assert server.publish("news", "hello") == 1
+            assert run.next_line() == "news: hello"
+            assert server.stop()
+            server.start()
+            assert run.next_line().startswith("connection lost (")
+            assert run.next_line() == "subscribed to news"
+            assert server.publish("news", "again") == 1
+            assert run.next_line() == "news: again"
+        finally:
+            run.interrupt()
+    finally:
+        assert server.stop()

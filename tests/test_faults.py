@@ -24,6 +24,7 @@ from conftest import HungListener
 
 from rcf_sync import (
     ClientClosed,
+    ConnectionDone,
     ConnectionLost,
     ConnectTimeout,
     GaveUp,
@@ -575,7 +576,8 @@ def test_flapping_server_never_hangs_the_client(kit, servers, no_leaks):
             c.call(echo, b"x", attempts=2, timeout=5)
         stats = c.stats
         assert stats.losses >= rounds and stats.connects >= rounds
-        assert all(isinstance(r, ConnectionLost) for r in lost)
+        # The server's close is orderly (ConnectionDone) unless it raced a request.
+        assert all(isinstance(r, (ConnectionLost, ConnectionDone)) for r in lost)
         srv.mode = "echo"
         assert c.call(echo, b"fixed", attempts=3, timeout=5) == b"fixed"
 

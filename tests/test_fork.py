@@ -290,3 +290,63 @@ def test_client_starting_during_the_last_close_keeps_the_runtime(server, no_leak
     finally:
         release.set()
         closer.join(5)
+
+
+class _Collect:
+    """A protocol (built on rcf_sync.Protocol at first use) that records what
+    it received and whether it heard connectionLost."""
+
+    @staticmethod
+    def make():
+        from rcf_sync import Protocol
+
+        class Collect(Protocol):
+            def connectionMade(self):
+                self.received = b""
+                self.lost = []
+                self.waits = []
+
+            def dataReceived(self, data):
+                self.received += data
+                for want, event in self.waits:
+                    if want in self.received:
+                        event.set()
+
+            def connectionLost(self, reason):
+                self.lost.append(reason)
+
+        return Collect
+
+
+def _protocol_round_trip(c, payload):
+    def send(p):
+        event = threading.Event()
+        p.waits.append((payload, event))
+        p.transport.write(payload)
+        return event
+
+    return c.call_protocol(send, timeout=5).wait(5)
+
+
+def test_protocol_client_made_before_fork_builds_its_own_protocol_in_child(server, no_leaks):
+    """If a process forks while a client drives a protocol, then the child builds a new protocol on its own connection, the copy of the parent's hears nothing, and the parent's keeps working."""
+    factory = ReconnectingClientFactory.forProtocol(_Collect.make(), initialDelay=0.01, maxDelay=0.05)
+    with ReconnectingClient(server.address, factory=factory, backend="thread") as c:
+        p = c.wait_protocol(timeout=5)
+        assert _protocol_round_trip(c, b"parent before")
+
+        def child():
+            q = c.wait_protocol(timeout=5)
+            ok = _protocol_round_trip(c, b"from the child")
+            port = c.call_protocol(lambda q: q.transport.getHost().port, timeout=5)
+            leaks = child_leak_check(c.close)
+            return {"new": q is not p, "ok": ok, "copy_heard": len(p.lost),
+                    "child_heard": len(q.lost), "port": port, **leaks}
+
+        out = in_child(child)
+        assert out == {"new": True, "ok": True, "copy_heard": 0, "child_heard": 1,
+                       "port": out["port"], "threads": 0, "sockets_left": 0}
+        assert out["port"] != p.transport.getHost().port
+        assert _protocol_round_trip(c, b"parent again")
+        assert c.protocol is p and p.lost == [] and c.stats.losses == 0
+    assert server.accepted == 2

@@ -350,3 +350,34 @@ def test_plaintext_server_fails_the_tls_attempt(kit, no_leaks, server, client_co
     error = failed_first_attempt(kit, connector)
     assert isinstance(error, ssl.SSLError), repr(error)
 
+
+def test_a_protocol_runs_over_tls(kit, no_leaks, tls_server, client_context):
+    """If the factory builds a protocol and the connector speaks TLS, then a megabyte echoed back arrives whole and in order, and the server's close is ConnectionDone."""
+    from rcf_sync import ConnectionDone, Protocol
+
+    payload = bytes(range(256)) * 4096
+    enough, gone = kit.event(), kit.event()
+    lost = []
+
+    class Collect(Protocol):
+        received = b""
+
+        def dataReceived(self, data):
+            self.received += data
+            if len(self.received) >= len(payload):
+                enough.set()
+
+        def connectionLost(self, reason):
+            lost.append(reason)
+            gone.set()
+
+    connector = TCPConnector("127.0.0.1", tls_server.port, ssl_context=client_context, timeout=10)
+    factory = ReconnectingClientFactory.forProtocol(Collect, initialDelay=1.0, jitter=0)
+    with ReconnectingClient(connector, factory=factory, backend=kit.name, clock=FakeClock()) as c:
+        p = c.wait_protocol(timeout=10)
+        c.call_protocol(lambda p: p.transport.write(payload), timeout=10)
+        assert enough.wait(10)
+        assert p.received == payload
+        kit.block(tls_server.drop_all)
+        assert gone.wait(10)
+    assert lost[0].check(ConnectionDone)

@@ -287,3 +287,61 @@ def test_method_set_on_the_instance_counts_as_user_code(kit, server, no_leaks):
         c.wait_state(S.STOPPED, timeout=5)
         assert isinstance(c.stats.last_error, Boom)
     assert on_loop == [False]
+
+
+def test_closing_many_retrying_subclass_clients_is_prompt_and_quiet(kit, free_port, no_leaks,
+                                                                     caplog):
+    """If many clients with a factory subclass are closed while they retry, then every close() is prompt, no retry outlives its client and nothing is logged as an error."""
+    class Quiet(ReconnectingClientFactory):
+        noisy = False
+
+        def retry(self, connector=None):
+            super().retry(connector)
+
+    clients = [ReconnectingClient(("127.0.0.1", free_port), backend=kit.name,
+                                  factory=Quiet(initialDelay=0.005, maxDelay=0.01, jitter=0)).start()
+               for _ in range(200)]
+    try:
+        # The last one started has failed three times: the herd is retrying.
+        with pytest.raises(GaveUp):
+            clients[-1].wait_connected(timeout=20, fail_after_failures=3)
+        assert all(c.stats.connect_failures >= 1 for c in clients)
+    finally:
+        start = time.monotonic()
+        for c in clients:
+            c.close()
+        took = time.monotonic() - start
+    assert took < 10, f"closing 200 clients took {took:.1f}s"
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], errors[0].getMessage()
+
+
+def test_a_factory_call_finishing_after_close_schedules_nothing(kit, free_port, no_leaks, caplog):
+    """If a subclass's clientConnectionFailed is still running when the client closes, then the retry it schedules is cancelled and nothing fires after close()."""
+    entered, gate, stopped = kit.event(), kit.event(), kit.event()
+
+    class Slow(ReconnectingClientFactory):
+        noisy = False
+
+        def clientConnectionFailed(self, connector, reason):
+            entered.set()
+            gate.wait(5)
+            super().clientConnectionFailed(connector, reason)
+
+        def stopTrying(self):  # what close() tells the factory, after the slow call
+            super().stopTrying()
+            stopped.set()
+
+    factory = Slow(initialDelay=0.01, maxDelay=0.02, jitter=0)
+    c = ReconnectingClient(("127.0.0.1", free_port), factory=factory, backend=kit.name).start()
+    assert entered.wait(5)
+    if kit.name == "gevent":
+        kit.spawn(gate.set)  # runs while close() waits for the factory calls
+    start = time.monotonic()
+    c.close()
+    assert time.monotonic() - start < 2.0
+    gate.set()
+    assert stopped.wait(5)  # the factory calls queued at close have run
+    call = factory._callID
+    assert call is None or not call.active(), "a retry outlived its client"
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []

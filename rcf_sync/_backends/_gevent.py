@@ -307,6 +307,9 @@ class GeventBackend:
         else:
             self._hub.loop.run_callback_threadsafe(guard, fn, *args)
 
+    def call_first(self, fn: Callable[..., object], *args: Any) -> None:
+        self.call_soon(fn, *args)  # the hub runs callbacks in one turn: nothing to jump
+
     def call_later_real(self, seconds: float, fn: Callable[..., object],
                         *args: object) -> Any:
         return self.clock.callLater(seconds, fn, *args)

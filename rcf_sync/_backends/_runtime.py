@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from .._timers import DelayedCall
     from ._thread import ThreadClock, _Arming
 
-__all__ = ["Runtime", "READ", "WRITE", "IDLE", "MAX_WORKERS"]
+__all__ = ["Runtime", "READ", "WRITE", "READ_WRITE", "IDLE", "MAX_WORKERS"]
 
 
 #: Worker threads busy at once (name lookups, user code); idle ones exit.
@@ -51,6 +51,7 @@ MAX_ABANDONED = 48
 WORKER_IDLE_TIMEOUT = 10.0
 
 READ, WRITE, IDLE = "readable", "writable", "idle"
+READ_WRITE = "readable or writable"  # a protocol's socket with bytes to send
 
 #: Callbacks the loop runs between two looks at its due timers.
 _TIMER_CHECK_EVERY = 32
@@ -69,6 +70,7 @@ class _Poller:
             self._masks = {
                 READ: select.EPOLLIN | one,
                 WRITE: select.EPOLLOUT | one,
+                READ_WRITE: select.EPOLLIN | select.EPOLLOUT | one,
                 # Bytes nobody asked for, a FIN or an RST on an idle connection.
                 IDLE: select.EPOLLIN | getattr(select, "EPOLLRDHUP", 0x2000) | one,
             }
@@ -76,6 +78,7 @@ class _Poller:
             self._epoll = None
             self._selector = selectors.DefaultSelector()
             self._masks = {READ: selectors.EVENT_READ, WRITE: selectors.EVENT_WRITE,
+                           READ_WRITE: selectors.EVENT_READ | selectors.EVENT_WRITE,
                            IDLE: selectors.EVENT_READ}
 
     def arm(self, fd: int, kind: str, callback: Callable[[], None]) -> None:
@@ -147,7 +150,7 @@ class Runtime:
         self._sleeping = False  # loop thread only (read racily by post())
         self.timers = TimerQueue(time.monotonic, on_earlier=self.wake)
         self.workers = WorkerPool(MAX_WORKERS, self.post, WORKER_IDLE_TIMEOUT,
-                                  MAX_WORKERS + MAX_ABANDONED)
+                                  MAX_WORKERS + MAX_ABANDONED, schedule=self._later)
         after_fork_in_child(self._reset_in_child, first=True)
 
     # -- lifetime -----------------------------------------------------------
@@ -158,6 +161,7 @@ class Runtime:
             self._users += 1
             self._ensure_running_locked()
             self._cond.notify_all()
+        self.workers.resume()
 
     def release(self, timeout: float = 5.0) -> None:
         """Uncount a user. After the last one, wait (up to ``timeout``) for
@@ -225,11 +229,15 @@ class Runtime:
 
     # -- from any thread ----------------------------------------------------
 
-    def post(self, fn: Callable[..., object], *args: Any) -> None:
-        """Run ``fn(*args)`` on the loop thread soon. Never blocks."""
+    def post(self, fn: Callable[..., object], *args: Any, first: bool = False) -> None:
+        """Run ``fn(*args)`` on the loop thread soon (``first``: before what
+        is queued already). Never blocks."""
         ready = self._ready
         was_empty = not ready
-        ready.append((fn, args))
+        if first:
+            ready.appendleft((fn, args))
+        else:
+            ready.append((fn, args))
         # The loop looks at the queue after it marks itself asleep, so only
         # the post that finds the queue empty has to wake it.
         if self._thread is None:
@@ -246,6 +254,9 @@ class Runtime:
             with self._cond:
                 self._ensure_running_locked()
         return call
+
+    def _later(self, delay: float, fn: Callable[[], None]) -> DelayedCall:
+        return self.schedule(time.monotonic() + delay, fn, (), {})
 
     def wake(self) -> None:
         w = self._wake_w

@@ -113,6 +113,10 @@ class Backend(Protocol):
         """Run ``fn(*args)`` on the loop soon; never blocks."""
         ...
 
+    def call_first(self, fn: Callable[..., object], *args: object) -> None:
+        """As :meth:`call_soon`, ahead of what is already queued."""
+        ...
+
     def in_loop(self) -> bool: ...
 
     def call_later_real(self, seconds: float, fn: Callable[..., object],

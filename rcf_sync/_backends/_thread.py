@@ -190,6 +190,9 @@ class ThreadBackend:
     def call_soon(self, fn: Callable[..., object], *args: Any) -> None:
         self._rt.post(fn, *args)
 
+    def call_first(self, fn: Callable[..., object], *args: Any) -> None:
+        self._rt.post(fn, *args, first=True)
+
     def in_loop(self) -> bool:
         return self._rt.in_loop()
 
