@@ -94,6 +94,8 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
     parent's stream is untouched) and makes its own on first use.
     """
 
+    __slots__ = ("_attempt", "_attempts_started", "_conn", "_connect_requested", "_proto_mode")
+
     def __init__(self, connector, factory=None, backend="auto", clock=None,
                  on_connect=None, on_disconnect=None, name=None, *,
                  on_connect_timeout=_DEFAULT_HOOK_TIMEOUT, heartbeat=None,

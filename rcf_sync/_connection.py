@@ -28,7 +28,8 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from ._backends._seam import Cancellable, IdleWatch
+    from ._backends._seam import IdleWatch
+    from ._interfaces import IDelayedCall
 
 from ._backends._base import idle_status, original
 from ._reasons import peer_closed
@@ -78,7 +79,7 @@ class Connection:
         self.stream = False     # set (once, for good) by the handle's sendall()/recv()
         # Loop only (set right after creation, cleared on close):
         self.watch: IdleWatch | None = None
-        self.heartbeat: Cancellable | None = None
+        self.heartbeat: IDelayedCall | None = None
         # Written by the lease holder at release, read by the heartbeat:
         self.idle_since = time.monotonic()
         self._poll: Any = None  # lease_check's poll object, made on first use

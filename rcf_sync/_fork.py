@@ -11,20 +11,28 @@ child (``Handle._enter``), so a child that forks only to ``exec`` starts no
 thread and opens no connection.
 """
 
+from __future__ import annotations
+
 import weakref
+from typing import TYPE_CHECKING
 
 from ._backends._base import after_fork_in_child
 from ._connection import Owner
+from ._parts import HandleParts
 from ._state import State
+
+if TYPE_CHECKING:
+    from ._connection import Connection
+    from ._handle import Handle
 
 __all__ = ["ForkSafe", "live"]
 
 
 # Handles started and not closed, for the after-fork clean-up.
-live = weakref.WeakSet()
+live: weakref.WeakSet[Handle] = weakref.WeakSet()
 
 
-def _after_fork():
+def _after_fork() -> None:
     for handle in list(live):
         handle._forked()
 
@@ -32,10 +40,12 @@ def _after_fork():
 after_fork_in_child(_after_fork)
 
 
-class ForkSafe:
+class ForkSafe(HandleParts):
     """Mixin for handles: the child's side of a fork."""
 
-    def _drop_in_child(self, conn):
+    __slots__ = ()
+
+    def _drop_in_child(self, conn: Connection) -> None:
         """At-fork hook: forget ``conn`` without a word to the peer (closing
         our copy of the descriptor only; the parent's stream is untouched)."""
         conn.owner = Owner.DEAD
@@ -48,7 +58,7 @@ class ForkSafe:
         except OSError:
             pass
 
-    def _forked_locked_state(self):
+    def _forked_locked_state(self) -> None:
         # At-fork hook: the parent's waiters, locks and queued user code are
         # not in this process.
         self._lock = self._backend.lock()

@@ -21,20 +21,27 @@ loop context reads or writes it). Waiting is on events replaced at each
 change, against one monotonic deadline per call; nothing polls.
 """
 
+from __future__ import annotations
+
 import functools
 import logging
 import numbers
+import socket
 import time
+import weakref
+from collections.abc import Generator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from ._backends import get_backend
 from ._callbacks import UserCode
-from ._fork import ForkSafe
-from ._fork import live as _live
 from ._connection import Connection, Owner, lease_check
 from ._connectors import as_connector
 from ._errors import (ClientClosed, ConnectionLost, ConnectTimeout, GaveUp, RCFError,
                       _timeout_compatible)
 from ._factory import ReconnectingClientFactory
+from ._fork import ForkSafe
+from ._fork import live as _live
 from ._lease import LeaseQueue
 from ._reasons import loss_exception
 from ._state import State
@@ -43,6 +50,15 @@ from ._steps import Adopt, UserCall
 from ._timeouts import _check_lost_on, _check_timeout, _deadline, _remaining
 from ._tracking import _TrackingClock
 from ._usercode import RunsUserCode
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+    from ._backends._seam import Cancellable, Event
+    from ._connectors import Connector
+    from ._steps import Step
+
+R = TypeVar("R")
 
 __all__ = ["Stats", "Handle"]
 
@@ -65,22 +81,34 @@ _FACTORY_CALLS = {
 _FACTORY_METHODS = tuple(sorted({m for ms in _FACTORY_CALLS.values() for m in ms}))
 
 
-@functools.lru_cache(maxsize=256)
-def _overridden_in_class(cls):
-    if not issubclass(cls, ReconnectingClientFactory):
-        return frozenset(_FACTORY_METHODS)
-    return frozenset(m for m in _FACTORY_METHODS
-                     if getattr(cls, m, None) is not getattr(ReconnectingClientFactory, m, None))
+_overrides: weakref.WeakKeyDictionary[type, frozenset[str]] = weakref.WeakKeyDictionary()
 
 
-def _ours_to_run(factory):
+def _overridden_in_class(cls: type) -> frozenset[str]:
+    found = _overrides.get(cls)  # once per factory class
+    if found is None:
+        if not issubclass(cls, ReconnectingClientFactory):
+            found = frozenset(_FACTORY_METHODS)
+        else:
+            found = frozenset(m for m in _FACTORY_METHODS if getattr(cls, m, None)
+                              is not getattr(ReconnectingClientFactory, m, None))
+        _overrides[cls] = found
+    return found
+
+
+def _ours_to_run(factory: object) -> frozenset[str]:
     """The factory methods the client may call inline on the loop: those
     that run only our code (a method set on the instance overrides ours as a
     subclass's would). ``buildProtocol`` always builds user code."""
     instance = getattr(factory, "__dict__", {})
-    overridden = _overridden_in_class(type(factory)) | {m for m in _FACTORY_METHODS
-                                                        if m in instance}
-    overridden |= {"protocol"}
+    extra = frozenset(m for m in _FACTORY_METHODS if m in instance)
+    return _ours_given(_overridden_in_class(type(factory)) | extra)
+
+
+@functools.lru_cache(maxsize=256)
+def _ours_given(overridden: frozenset[str]) -> frozenset[str]:
+    # Shared by every factory of a class: a client holds no set of its own.
+    overridden = overridden | {"protocol"}
     return frozenset(name for name, uses in _FACTORY_CALLS.items()
                      if not overridden.intersection(uses))
 
@@ -91,15 +119,15 @@ class _Lease:
 
     __slots__ = ("_handle", "_timeout", "_conn", "_raw")
 
-    def __init__(self, handle, timeout, raw=False):
+    def __init__(self, handle: Handle, timeout: float | None, raw: bool = False) -> None:
         self._handle = handle
         self._timeout = None if timeout is None else _check_timeout(timeout)
-        self._conn = None
+        self._conn: Connection | None = None
         # The handle's own sendall()/recv(): hand out the socket even when
         # on_connect made a session, and use the connection as a stream.
         self._raw = raw
 
-    def __enter__(self):
+    def __enter__(self) -> Any:
         timeout = self._timeout
         self._conn = conn = self._handle._acquire(
             None if timeout is None else time.monotonic() + timeout, self._raw)
@@ -107,8 +135,10 @@ class _Lease:
             return conn.sock
         return conn.session
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
         conn, self._conn = self._conn, None
+        assert conn is not None, "__exit__ without __enter__"
         return self._handle._release(conn, exc)
 
 
@@ -117,8 +147,8 @@ class _Pending:
 
     __slots__ = ("attempt", "session", "protocol", "cancelled")
 
-    def __init__(self):
-        self.attempt = None     # the backend's attempt (loop only)
+    def __init__(self) -> None:
+        self.attempt: Cancellable | None = None     # the backend's attempt (loop only)
         self.session = None     # what on_connect returned
         self.protocol = None    # what buildProtocol returned (protocol mode)
         self.cancelled = False  # under the handle's lock
@@ -128,8 +158,12 @@ class Handle(RunsUserCode, ForkSafe):
     """Base of :class:`~rcf_sync.ReconnectingClient` and
     :class:`~rcf_sync.ReconnectingPool` (not public)."""
 
-    def __init__(self, connector, factory, backend, clock, on_connect, on_disconnect, name,
-                 on_connect_timeout, lost_on=()):
+    __slots__ = ()
+
+    def __init__(self, connector: Any, factory: Any, backend: object, clock: Any,
+                 on_connect: Callable[[Any], Any] | None,
+                 on_disconnect: Callable[[Any], Any] | None, name: str | None,
+                 on_connect_timeout: float | None, lost_on: object = ()) -> None:
         if factory is None:
             factory = ReconnectingClientFactory()
         for method in ("clientConnectionFailed", "clientConnectionLost", "resetDelay", "stopTrying"):
@@ -186,34 +220,34 @@ class Handle(RunsUserCode, ForkSafe):
     # -- public surface shared by both ----------------------------------------
 
     @property
-    def state(self):
+    def state(self) -> State:
         """The :class:`~rcf_sync.State` now."""
         return self._state
 
     @property
-    def stats(self):
+    def stats(self) -> Stats:
         """A :class:`Stats` snapshot."""
         with self._lock:
             return self._stats._copy(self._waiters + len(self._leases))
 
     @property
-    def destination(self):
+    def destination(self) -> str:
         """The connector's description of where it connects."""
         return self._connector.describe()
 
     @property
-    def connector(self):
+    def connector(self) -> Connector:
         """The connector (Twisted's ``IConnector`` shape) this handle drives."""
         return self._connector
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         self.start()
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def connection(self, timeout=None):
+    def connection(self, timeout: float | None = None) -> _Lease:
         """Lease the connection: ``with handle.connection() as conn: ...``.
 
         ``conn`` is the socket, or what ``on_connect`` returned for it. Waits
@@ -229,7 +263,8 @@ class Handle(RunsUserCode, ForkSafe):
         ``GaveUp`` and ``ClientClosed``. Thread-safe."""
         return _Lease(self, timeout)
 
-    def call(self, fn, *args, attempts=None, timeout=None, lost_on=(), **kwargs):
+    def call(self, fn: Callable[..., R], *args: Any, attempts: int | None = None,
+             timeout: float | None = None, lost_on: object = (), **kwargs: Any) -> R:
         """Run ``fn(conn, *args, **kwargs)`` under a lease and return its
         result (``conn``: what :meth:`connection` hands out); when the
         connection dies under it (``ConnectionLost``: an ``OSError``, or an
@@ -258,7 +293,7 @@ class Handle(RunsUserCode, ForkSafe):
             self._release(conn, None)
             return result
 
-    def wait_state(self, *states, timeout=None):
+    def wait_state(self, *states: State, timeout: float | None = None) -> State:
         """Block until the handle is in one of ``states``; return the state.
 
         :class:`~rcf_sync.ConnectTimeout` after ``timeout`` real seconds. For
@@ -282,7 +317,7 @@ class Handle(RunsUserCode, ForkSafe):
                     f"{self.name} did not reach {'/'.join(s.name for s in states)} in time "
                     f"(state {self._state.name})", self.destination) from None
 
-    def wait_waiting(self, count=1, timeout=None):
+    def wait_waiting(self, count: int = 1, timeout: float | None = None) -> int:
         """Block until at least ``count`` callers are blocked waiting on this
         handle (``stats.waiting``); return that number. For tests and
         programs that must know a caller is really waiting before they act.
@@ -306,7 +341,7 @@ class Handle(RunsUserCode, ForkSafe):
                                      f"({waiting})", self.destination)
             event.wait(remaining)
 
-    def close(self, timeout=None):
+    def close(self, timeout: float | None = None) -> None:
         """Close for good: stop trying, drop every connection, wake every
         waiter with :class:`~rcf_sync.ClientClosed`, and release the
         background (its threads are joined after the last user closes;
@@ -343,57 +378,64 @@ class Handle(RunsUserCode, ForkSafe):
 
     # -- what subclasses provide ------------------------------------------------
 
-    def _take_locked(self):
+    def start(self) -> Self:
+        """Start connecting (the client's and the pool's own)."""
+        raise NotImplementedError
+
+    def _take_locked(self) -> Connection | None:
         """Lock held: lease and return an available connection, or None."""
         raise NotImplementedError
 
-    def _wants_more_locked(self):
+    def _fill(self, minimum: int = 0) -> None:
+        """Loop: open the connections queued callers need (the pool's)."""
+
+    def _wants_more_locked(self) -> bool:
         """Lock held, a caller is about to wait: should the loop open more
         connections (``_fill``)?"""
         return False
 
-    def _returned_locked(self, conn):
+    def _returned_locked(self, conn: Connection) -> None:
         """Lock held: a healthy connection came back from a lease."""
 
-    def _forget_locked(self, conn, exc):
+    def _forget_locked(self, conn: Connection, exc: BaseException) -> None:
         """Lock held: ``conn`` is out of service (already DEAD)."""
         raise NotImplementedError
 
-    def _lost(self, conn, exc):
+    def _lost(self, conn: Connection, exc: BaseException) -> None:
         """Loop: handle the loss of ``conn`` (socket close, factory, hooks)."""
         raise NotImplementedError
 
-    def _closing_locked(self):
+    def _closing_locked(self) -> None:
         """Lock held: enter the CLOSED state."""
         raise NotImplementedError
 
-    def _shutdown(self):
+    def _shutdown(self) -> None:
         """Loop: stop the factory, cancel attempts, close connections."""
         raise NotImplementedError
 
-    def _gave_up_locked(self):
+    def _gave_up_locked(self) -> bool:
         """Lock held: True when no connection will come any more."""
         raise NotImplementedError
 
-    def _halt_locked(self):
+    def _halt_locked(self) -> list[Connection | _Pending]:
         """Lock held, user code raised: enter STOPPED; return what to close."""
         raise NotImplementedError
 
-    def _forked(self):
+    def _forked(self) -> None:
         """In a forked child (at-fork hook): drop what belongs to the parent."""
         raise NotImplementedError
 
-    def _revived(self):
+    def _revived(self) -> None:
         """Forked child, first use: start connecting again (loop)."""
         raise NotImplementedError
 
     # -- entry checks -------------------------------------------------------------
 
-    def _enter(self):
+    def _enter(self) -> None:
         """Every public entry: the calling thread is allowed, and a forked
         child makes its own connection."""
-        t = self._caller_thread
-        if t is not None and self._thread_ident() != t:
+        t, ident = self._caller_thread, self._thread_ident
+        if t is not None and ident is not None and ident() != t:
             raise RuntimeError(self._backend.describe_caller_error())
         if self._revive:
             with self._lock:
@@ -401,7 +443,7 @@ class Handle(RunsUserCode, ForkSafe):
             if revive:
                 self._backend.call_soon(self._revived)
 
-    def _raise_if_hopeless_locked(self):
+    def _raise_if_hopeless_locked(self) -> None:
         """Lock held: raise what a caller waiting for a connection should
         get now (closed, not started, gave up), if anything."""
         if self._closed:
@@ -417,19 +459,20 @@ class Handle(RunsUserCode, ForkSafe):
 
     # -- attempts -------------------------------------------------------------
 
-    def _attempt_timeout(self):
+    def _attempt_timeout(self) -> float | None:
         timeout = self._connector.timeout
         if timeout is not None and self._on_connect is not None and self._on_connect_timeout:
             timeout += self._on_connect_timeout
         return timeout
 
-    def _launch(self, pending, deliver):
+    def _launch(self, pending: _Pending,
+                deliver: Callable[[_Pending, Any, BaseException | None], None]) -> None:
         """Loop: start an attempt; ``deliver(pending, sock, exc)`` on the loop."""
         pending.attempt = self._backend.start_attempt(
             self._steps(pending), self._attempt_timeout(),
             lambda sock, exc: deliver(pending, sock, exc), self._user)
 
-    def _steps(self, pending):
+    def _steps(self, pending: _Pending) -> Generator[Step, Any, Any]:
         sock = yield from self._connector._attempt()
         sock = yield Adopt(sock)
         if self._on_connect is not None:
@@ -442,29 +485,29 @@ class Handle(RunsUserCode, ForkSafe):
                 raise
         return sock
 
-    def _cancel_attempt(self, pending):
+    def _cancel_attempt(self, pending: _Pending) -> None:
         """Loop: abandon an attempt (its sockets are closed)."""
         pending.cancelled = True
         if pending.attempt is not None:
             pending.attempt.cancel()
 
-    def _describe_error(self, exc):
+    def _describe_error(self, exc: BaseException) -> BaseException:
         exc = _timeout_compatible(exc)
         if isinstance(exc, TimeoutError) and not isinstance(exc, RCFError):
             return ConnectTimeout(f"connecting to {self.destination} timed out: {exc}",
                                   self.destination, exc)
         return exc
 
-    def _new_connection_locked(self, sock, session=None):
+    def _new_connection_locked(self, sock: socket.socket, session: object = None) -> Connection:
         self._serial += 1
         self._stats.connects += 1
         return Connection(sock, self._serial, session)
 
-    def _track_factory_clock(self):
+    def _track_factory_clock(self) -> None:
         self._factory_clock = _TrackingClock(self.clock)
         self.factory.clock = self._factory_clock
 
-    def _shutdown_done(self, _=None):
+    def _shutdown_done(self, _: object = None) -> None:
         """Loop, after the factory calls queued at close (and any queued
         before them, which may have scheduled a retry) have run: cancel what
         the factory still has scheduled, give it its clock back, free the
@@ -472,7 +515,7 @@ class Handle(RunsUserCode, ForkSafe):
         self._untrack_factory_clock()
         self._connector._release(self)
 
-    def _untrack_factory_clock(self):
+    def _untrack_factory_clock(self) -> None:
         # The factory gets back the clock it had (None: it had none).
         tracking = self._factory_clock
         if tracking is not None:
@@ -482,7 +525,7 @@ class Handle(RunsUserCode, ForkSafe):
 
     # -- losses ---------------------------------------------------------------
 
-    def _mark_lost(self, conn, exc, wait=False):
+    def _mark_lost(self, conn: Connection, exc: BaseException, wait: bool = False) -> bool:
         """Any context: take ``conn`` out of service and start the loss
         handling on the loop (with ``wait``, wait until the loop has closed
         the socket). Returns True the first time."""
@@ -501,11 +544,11 @@ class Handle(RunsUserCode, ForkSafe):
             self._backend.call_soon(self._lost, conn, exc)
         return True
 
-    def _loss_reason(self, exc):
+    def _loss_reason(self, exc: BaseException) -> BaseException:
         # The exception on_disconnect gets; the factory gets it as a Failure.
         return loss_exception(exc, self.destination)
 
-    def _close_conn(self, conn):
+    def _close_conn(self, conn: Connection) -> None:
         """Loop: stop watching ``conn`` and close its socket."""
         watch, conn.watch = conn.watch, None
         if watch is not None:
@@ -520,7 +563,7 @@ class Handle(RunsUserCode, ForkSafe):
 
     # -- leases ---------------------------------------------------------------
 
-    def _acquire(self, deadline, stream=False):
+    def _acquire(self, deadline: float | None, stream: bool = False) -> Connection:
         if self._caller_thread is not None or self._revive:
             self._enter()
         while True:
@@ -529,14 +572,15 @@ class Handle(RunsUserCode, ForkSafe):
                 conn.stream = True
             problem = lease_check(conn)
             if problem is None:
-                if self._pauses:
-                    conn.watch.leased()
+                watch = conn.watch
+                if self._pauses and watch is not None:
+                    watch.leased()
                 return conn
             # Never hand out a stream with bytes nobody asked for, or a
             # closed one: discard it (no request was sent) and wait again.
             self._mark_lost(conn, problem, wait=True)
 
-    def _lease_one(self, deadline):
+    def _lease_one(self, deadline: float | None) -> Connection:
         # Fair: a newcomer takes a free connection only when nobody is queued;
         # queued callers are handed connections in order (_release).
         with self._lock:
@@ -578,14 +622,15 @@ class Handle(RunsUserCode, ForkSafe):
                     self._release(handed, None)
             raise
 
-    def _timed_out(self):
+    def _timed_out(self) -> ConnectTimeout:
         return ConnectTimeout(
             f"no connection to {self.destination} in time"
             f" (state {self._state.name}, last error: {self._stats.last_error})",
             self.destination, self._stats.last_error,
         )
 
-    def _release(self, conn, exc, lost_on=()):
+    def _release(self, conn: Connection, exc: BaseException | None,
+                 lost_on: tuple[type[BaseException], ...] = ()) -> bool:
         """End a lease. Returns False (do not swallow); raises
         ``ConnectionLost`` (chained) for an ``OSError`` that is not ours, or
         an exception of ``lost_on`` (the handle's or the call's)."""
@@ -632,7 +677,7 @@ class Handle(RunsUserCode, ForkSafe):
 
     # -- waiting --------------------------------------------------------------
 
-    def _wait_event_locked(self):
+    def _wait_event_locked(self) -> Event:
         self._waiters += 1
         if self._waiting_seen is not None:
             self._waiting_seen.set()
@@ -641,7 +686,7 @@ class Handle(RunsUserCode, ForkSafe):
             self._changed = self._backend.event()
         return self._changed
 
-    def _wait(self, event, deadline):
+    def _wait(self, event: Event, deadline: float | None) -> None:
         try:
             remaining = _remaining(deadline)
             if remaining is not None and remaining <= 0:
@@ -651,7 +696,7 @@ class Handle(RunsUserCode, ForkSafe):
             with self._lock:
                 self._waiters -= 1
 
-    def _wake_all_locked(self):
+    def _wake_all_locked(self) -> list[Event]:
         """Lock held: the events of everyone waiting (set them after)."""
         events = self._leases.events()
         event, self._changed = self._changed, None
@@ -659,21 +704,22 @@ class Handle(RunsUserCode, ForkSafe):
             events.append(event)
         return events
 
-    def _changed_locked(self):
+    def _changed_locked(self) -> None:
         """Lock held: something waiters care about changed."""
         self._stats.last_change = self.clock.seconds()
         if self._waiters or self._leases:
             for event in self._wake_all_locked():
                 event.set()
 
-    def _soon_on_loop(self, fn):
+    def _soon_on_loop(self, fn: Callable[[], object]) -> None:
         """Run ``fn`` now if this is the loop, else post it there."""
         if self._backend.in_loop():
             fn()
         else:
             self._backend.call_soon(fn)
 
-    def _on_loop(self, fn, timeout=5.0, urgent=False):
+    def _on_loop(self, fn: Callable[[], object], timeout: float = 5.0,
+                 urgent: bool = False) -> bool:
         """Run ``fn`` on the loop and wait (up to ``timeout``) until it ran.
         Returns False if it had not run by then. ``urgent``: ahead of the
         work already queued there (``close()`` must not wait behind a
@@ -685,7 +731,7 @@ class Handle(RunsUserCode, ForkSafe):
         done = backend.event()
         failure = []
 
-        def run():
+        def run() -> None:
             try:
                 fn()
             except BaseException as exc:
@@ -703,7 +749,7 @@ class Handle(RunsUserCode, ForkSafe):
         return bool(finished)
 
 
-def _abort_socket(sock):
+def _abort_socket(sock: socket.socket) -> None:
     """Close ``sock`` so that a thread blocked on it wakes up (on Linux a
     plain close() does not interrupt a blocked recv)."""
     try:

@@ -14,24 +14,32 @@ the background meanwhile; raising, or not returning within the interval
 (its socket times out), is a loss.
 """
 
+from __future__ import annotations
+
+import socket
 import time
+from collections.abc import Generator
+from typing import Any
 
 from ._backends._base import idle_status, peer_gone
-from ._connection import Owner, stream_check
+from ._connection import Connection, Owner, stream_check
+from ._parts import HandleParts
 from ._reasons import peer_closed
 from ._steps import UserCall
 
 __all__ = ["Liveness"]
 
 
-class Liveness:
+class Liveness(HandleParts):
     """Mixin for handles (uses the handle's lock, backend and losses)."""
 
-    def _watch(self, conn):
+    __slots__ = ()
+
+    def _watch(self, conn: Connection) -> None:
         """Loop: start the idle watch of a new connection."""
         conn.watch = self._backend.watch_idle(conn.sock, lambda: self._idle_event(conn))
 
-    def _idle_event(self, conn):
+    def _idle_event(self, conn: Connection) -> None:
         with self._lock:
             owner = conn.owner
             if owner is Owner.IDLE:
@@ -63,7 +71,7 @@ class Liveness:
             exc = ConnectionError("unexpected data from the peer on an idle connection")
         self._mark_lost(conn, exc)
 
-    def _give_back(self, conn, rearm=True):
+    def _give_back(self, conn: Connection, rearm: bool = True) -> None:
         """Loop: the loop is done with ``conn`` and it is healthy."""
         ticket = None
         with self._lock:
@@ -80,13 +88,16 @@ class Liveness:
 
     # -- heartbeat ------------------------------------------------------------
 
-    def _schedule_heartbeat(self, conn, delay=None):
-        conn.heartbeat = self._backend.call_later_real(
-            self._heartbeat_interval if delay is None else delay, self._heartbeat_due, conn)
-
-    def _heartbeat_due(self, conn):
-        conn.heartbeat = None
+    def _schedule_heartbeat(self, conn: Connection, delay: float | None = None) -> None:
         interval = self._heartbeat_interval
+        assert interval is not None, "a heartbeat needs its interval"
+        conn.heartbeat = self._backend.call_later_real(
+            interval if delay is None else delay, self._heartbeat_due, conn)
+
+    def _heartbeat_due(self, conn: Connection) -> None:
+        conn.heartbeat = None
+        interval, heartbeat = self._heartbeat_interval, self._heartbeat
+        assert interval is not None and heartbeat is not None
         with self._lock:
             if conn.owner is Owner.DEAD or self._closed:
                 return
@@ -101,17 +112,17 @@ class Liveness:
         if self._pauses and conn.watch is not None:
             conn.watch.leased()
 
-        def beat(sock=conn.sock):
+        def beat(sock: socket.socket = conn.sock) -> None:
             sock.settimeout(interval)
             try:
-                self._heartbeat(conn.session)
+                heartbeat(conn.session)
             finally:
                 sock.settimeout(None)
 
-        def steps():
+        def steps() -> Generator[UserCall, Any, None]:
             yield UserCall(beat)
 
-        def done(_, exc):
+        def done(_: Any, exc: BaseException | None) -> None:
             if exc is not None:
                 self._mark_lost(conn, exc)
                 return

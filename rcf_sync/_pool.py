@@ -12,16 +12,25 @@ the pool opens connections for the callers still waiting. Losing one pooled
 connection does not by itself start a back-off: the next attempt tells.
 """
 
+from __future__ import annotations
+
 import collections
 import numbers
+import socket
+from typing import TYPE_CHECKING, Any, Callable
 
-from ._connection import Owner
+from ._connection import Connection, Owner
 from ._factory import uses_protocol
 from ._failure import as_failure
-from ._handle import _DEFAULT_HOOK_TIMEOUT, Handle, _live, _Pending
+from ._fork import live as _live
+from ._handle import _DEFAULT_HOOK_TIMEOUT, Handle, _Pending
 from ._liveness import Liveness
 from ._reasons import ClosedHere
 from ._state import State
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
 
 __all__ = ["ReconnectingPool"]
 
@@ -44,9 +53,15 @@ class ReconnectingPool(Liveness, Handle):
     ``ValueError``; drive a protocol with a ``ReconnectingClient``.
     """
 
-    def __init__(self, connector, size, factory=None, backend="auto", clock=None,
-                 on_connect=None, on_disconnect=None, name=None, *,
-                 on_connect_timeout=_DEFAULT_HOOK_TIMEOUT, lost_on=()):
+    __slots__ = ("_attempts", "_backoff", "_conns", "_idle", "_probe", "_probes", "_stopped",
+                 "size")
+
+    def __init__(self, connector: Any, size: int, factory: Any = None, backend: object = "auto",
+                 clock: Any = None, on_connect: Callable[[socket.socket], Any] | None = None,
+                 on_disconnect: Callable[[BaseException], Any] | None = None,
+                 name: str | None = None, *,
+                 on_connect_timeout: float | None = _DEFAULT_HOOK_TIMEOUT,
+                 lost_on: type[BaseException] | tuple[type[BaseException], ...] = ()) -> None:
         if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
             raise ValueError(f"size must be an integer >= 1, got {size!r}")
         if factory is not None and uses_protocol(factory):
@@ -55,23 +70,23 @@ class ReconnectingPool(Liveness, Handle):
                 "it to a ReconnectingClient (one protocol per client)")
         super().__init__(connector, factory, backend, clock, on_connect, on_disconnect, name,
                          on_connect_timeout, lost_on)
-        self.size = int(size)    # immutable
+        self.size: int = int(size)  # immutable
         self._keeps_idle = True
         self._heartbeat = None
         # Under the lock:
-        self._idle = collections.deque()  # IDLE connections, most recently used last
-        self._conns = set()      # live connections, idle or leased
-        self._attempts = set()   # _Pending handles in flight
-        self._probe = None       # the attempt the factory's retry started
-        self._backoff = False    # an attempt failed: wait for the factory's retry
-        self._stopped = False
-        self._probes = 0
+        self._idle: collections.deque[Connection] = collections.deque()  # IDLE, most recent last
+        self._conns: set[Connection] = set()     # live connections, idle or leased
+        self._attempts: set[_Pending] = set()    # attempts in flight
+        self._probe: _Pending | None = None      # the attempt the factory's retry started
+        self._backoff: bool = False  # an attempt failed: wait for the factory's retry
+        self._stopped: bool = False
+        self._probes: int = 0
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"<ReconnectingPool {self.name!r} {self._state.name} "
                 f"{len(self._conns)}/{self.size} backend={self._backend.name}>")
 
-    def reconnect_now(self):
+    def reconnect_now(self) -> None:
         """After the factory gave up or user code raised (``STOPPED``):
         reset the factory's delay and start trying again. No effect
         otherwise, before :meth:`start` or after :meth:`close`."""
@@ -80,7 +95,7 @@ class ReconnectingPool(Liveness, Handle):
             return
         self._on_loop(self._do_reconnect_now)
 
-    def _do_reconnect_now(self):
+    def _do_reconnect_now(self) -> None:
         with self._lock:
             if self._closed or not self._stopped:
                 return
@@ -91,11 +106,11 @@ class ReconnectingPool(Liveness, Handle):
         self._factory_calls([("resetDelay", ())], lambda _: self._fill(1))
 
     @property
-    def probes(self):
+    def probes(self) -> int:
         """How many attempts the factory's retries started (back-off probes)."""
         return self._probes
 
-    def start(self):
+    def start(self) -> Self:
         """Start: the first connection attempt begins at once. Returns ``self``."""
         self._enter()
         with self._lock:
@@ -110,13 +125,13 @@ class ReconnectingPool(Liveness, Handle):
         self._backend.call_soon(self._fill, 1)
         return self
 
-    def _closing_locked(self):
+    def _closing_locked(self) -> None:
         self._state = State.CLOSED
         self._changed_locked()
 
     # -- caller side ------------------------------------------------------------
 
-    def _take_locked(self):
+    def _take_locked(self) -> Connection | None:
         idle = self._idle
         while idle:
             conn = idle.pop()  # the most recently used: least likely to be stale
@@ -125,23 +140,23 @@ class ReconnectingPool(Liveness, Handle):
                 return conn
         return None
 
-    def _wants_more_locked(self):
+    def _wants_more_locked(self) -> bool:
         return not (self._closed or self._stopped or self._backoff) and self._room_locked() > 0
 
-    def _room_locked(self):
+    def _room_locked(self) -> int:
         pending = len(self._attempts)
         if not self._conns:
             return 1 - pending  # nothing proves the server is up: one at a time
         need = len(self._leases) - pending - len(self._idle)
         return min(need, self.size - len(self._conns) - pending)
 
-    def _returned_locked(self, conn):
+    def _returned_locked(self, conn: Connection) -> None:
         self._idle.append(conn)
 
-    def _gave_up_locked(self):
+    def _gave_up_locked(self) -> bool:
         return self._stopped and not self._conns and not self._attempts
 
-    def _forget_locked(self, conn, exc):
+    def _forget_locked(self, conn: Connection, exc: BaseException) -> None:
         self._conns.discard(conn)
         try:
             self._idle.remove(conn)
@@ -151,7 +166,7 @@ class ReconnectingPool(Liveness, Handle):
 
     # -- loop side ----------------------------------------------------------------
 
-    def _update_state_locked(self):
+    def _update_state_locked(self) -> None:
         if self._closed:
             state = State.CLOSED
         elif self._conns:
@@ -166,7 +181,7 @@ class ReconnectingPool(Liveness, Handle):
             self._state = state
         self._changed_locked()
 
-    def _fill(self, minimum=0):
+    def _fill(self, minimum: int = 0) -> None:
         with self._lock:
             if self._closed or self._stopped or self._backoff or self._halted is not None:
                 return
@@ -178,8 +193,8 @@ class ReconnectingPool(Liveness, Handle):
         for handle in handles:
             self._start_attempt(handle)
 
-    def _start_attempt(self, handle):
-        def launch(_):
+    def _start_attempt(self, handle: _Pending) -> None:
+        def launch(_: object) -> None:
             with self._lock:
                 current = handle in self._attempts and not self._closed
             if current:
@@ -187,7 +202,7 @@ class ReconnectingPool(Liveness, Handle):
 
         self._factory_calls([("doStart", ()), ("startedConnecting", (self._connector,))], launch)
 
-    def _attempt_done(self, handle, sock, exc):
+    def _attempt_done(self, handle: _Pending, sock: Any, exc: BaseException | None) -> None:
         with self._lock:
             current = handle in self._attempts
             self._attempts.discard(handle)
@@ -203,7 +218,7 @@ class ReconnectingPool(Liveness, Handle):
             return
         self._factory_calls([("resetDelay", ())], lambda _: self._connected(handle, sock))
 
-    def _connected(self, handle, sock):
+    def _connected(self, handle: _Pending, sock: socket.socket) -> None:
         with self._lock:
             usable = not self._closed and self._halted is None
             if usable:
@@ -232,7 +247,7 @@ class ReconnectingPool(Liveness, Handle):
             ticket.event.set()
         self._fill()
 
-    def _attempt_failed(self, probe, exc):
+    def _attempt_failed(self, probe: bool, exc: BaseException) -> None:
         reason = self._describe_error(exc)
         with self._lock:
             self._failures += 1
@@ -240,12 +255,12 @@ class ReconnectingPool(Liveness, Handle):
             self._stats.last_error = reason
             tell = probe or not self._backoff
             self._backoff = True
-        calls = [("doStop", ())]
+        calls: list[tuple[str, tuple[Any, ...]]] = [("doStop", ())]
         if tell:
             calls.insert(0, ("clientConnectionFailed", (self._connector, as_failure(reason))))
         self._factory_calls(calls, lambda _: self._after_factory())
 
-    def _after_factory(self):
+    def _after_factory(self) -> None:
         factory = self.factory
         gave_up = not factory.continueTrying or (
             callable(getattr(factory, "gaveUp", None)) and factory.gaveUp())
@@ -258,7 +273,7 @@ class ReconnectingPool(Liveness, Handle):
                                      else f"gave up after {factory.retries - 1} retries")
             self._update_state_locked()
 
-    def _lost(self, conn, exc):
+    def _lost(self, conn: Connection, exc: BaseException) -> None:
         self._close_conn(conn)
         self._factory_calls([("doStop", ())])  # each connection was one doStart()
         if self._closed:
@@ -267,8 +282,8 @@ class ReconnectingPool(Liveness, Handle):
             self._user_callback("on_disconnect()", self._on_disconnect, self._loss_reason(exc))
         self._fill()
 
-    def _halt_locked(self):
-        to_close = list(self._attempts)
+    def _halt_locked(self) -> list[Connection | _Pending]:
+        to_close: list[Connection | _Pending] = list(self._attempts)
         self._attempts = set()
         self._probe = None
         for conn in list(self._conns):
@@ -283,7 +298,7 @@ class ReconnectingPool(Liveness, Handle):
         self._update_state_locked()
         return to_close
 
-    def _shutdown(self):
+    def _shutdown(self) -> None:
         with self._lock:
             attempts, self._attempts = list(self._attempts), set()
             conns, self._conns = list(self._conns), set()
@@ -297,7 +312,7 @@ class ReconnectingPool(Liveness, Handle):
         self._factory_calls([("stopTrying", ())] + [("doStop", ())] * len(conns),
                             self._shutdown_done, always=True)
 
-    def _forked(self):
+    def _forked(self) -> None:
         self._forked_locked_state()
         attempts, self._attempts = list(self._attempts), set()
         self._probe = None
@@ -310,14 +325,14 @@ class ReconnectingPool(Liveness, Handle):
             self._drop_in_child(conn)
         self._backoff = False
 
-    def _revived(self):
+    def _revived(self) -> None:
         with self._lock:
             self._update_state_locked()
         self._fill(1)
 
     # -- connector side (the factory's retries land here) -------------------------
 
-    def _connector_connect(self, connector):
+    def _connector_connect(self, connector: object) -> None:
         with self._lock:
             if self._halted is not None:
                 return
@@ -327,7 +342,7 @@ class ReconnectingPool(Liveness, Handle):
                 self._changed_locked()
         self._backend.call_soon(self._probe_now)
 
-    def _probe_now(self):
+    def _probe_now(self) -> None:
         with self._lock:
             if self._closed or self._probe is not None or self._halted is not None:
                 return
@@ -341,14 +356,14 @@ class ReconnectingPool(Liveness, Handle):
             self._update_state_locked()
         self._start_attempt(handle)
 
-    def _connector_stop_connecting(self, connector):
+    def _connector_stop_connecting(self, connector: object) -> bool:
         with self._lock:
             attempts, self._attempts = list(self._attempts), set()
             self._probe = None
         if not attempts:
             return False
 
-        def stop():
+        def stop() -> None:
             for handle in attempts:
                 self._cancel_attempt(handle)
             self._factory_calls([("doStop", ())] * len(attempts), lambda _: self._after_factory())
@@ -356,7 +371,7 @@ class ReconnectingPool(Liveness, Handle):
         self._soon_on_loop(stop)
         return True
 
-    def _connector_disconnect(self, connector):
+    def _connector_disconnect(self, connector: object) -> None:
         reason = ClosedHere("disconnect() was called")
         with self._lock:
             conns = []

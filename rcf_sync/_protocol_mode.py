@@ -34,6 +34,8 @@ log = logging.getLogger("rcf_sync")
 class ProtocolMode:
     """Mixin for :class:`~rcf_sync.ReconnectingClient`: the protocol side."""
 
+    __slots__ = ()
+
     _proto_mode = False  # immutable once set in __init__
 
     @property

@@ -1,19 +1,27 @@
 """How a handle calls the factory and the user's callbacks, and what it
 does when they raise (see ``_callbacks`` for the queue they run in)."""
 
+from __future__ import annotations
+
 import logging
+from typing import Any, Callable
 
 from ._connection import Connection
+from ._parts import HandleParts
 
 __all__ = ["RunsUserCode"]
 
 log = logging.getLogger("rcf_sync")
 
 
-class RunsUserCode:
+class RunsUserCode(HandleParts):
     """Mixin for handles."""
 
-    def _factory_calls(self, calls, then=None, always=False):
+    __slots__ = ()
+
+    def _factory_calls(self, calls: list[tuple[str, tuple[Any, ...]]],
+                       then: Callable[[Any], None] | None = None,
+                       always: bool = False) -> None:
         """Loop: call the factory's methods ``calls`` ((name, args) pairs) in
         order, then ``then(result of the last)`` on the loop. Inline when the
         factory is ours; in the user-code queue otherwise. An exception
@@ -25,8 +33,8 @@ class RunsUserCode:
         # code is queued for this handle, so that the order stays the order.
         if self._trusted or (self._user.idle()
                              and all(name in self._ours for name, _ in calls)):
-            name = None
-            result = None
+            name: str | None = None
+            result: Any = None
             try:
                 for name, args in calls:
                     result = getattr(factory, name)(*args)
@@ -38,16 +46,16 @@ class RunsUserCode:
             if then is not None:
                 then(result)
             return
-        where = [None]
+        where: list[str | None] = [None]
 
-        def run():
-            result = None
+        def run() -> Any:
+            result: Any = None
             for name, args in calls:
                 where[0] = name
                 result = getattr(factory, name)(*args)
             return result
 
-        def done(result, exc):
+        def done(result: Any, exc: BaseException | None) -> None:
             if exc is not None:
                 self._user_failed(f"{type(factory).__name__}.{where[0]}()", exc)
                 if not always:
@@ -57,15 +65,15 @@ class RunsUserCode:
 
         self._user.run(run, (), done)
 
-    def _user_callback(self, label, fn, *args):
+    def _user_callback(self, label: str, fn: Callable[..., Any], *args: Any) -> None:
         """Loop: run user callback ``fn(*args)`` in the queue; raising stops
         the handle."""
-        def done(result, exc):
+        def done(result: Any, exc: BaseException | None) -> None:
             if exc is not None:
                 self._user_failed(label, exc)
         self._user.run(fn, args, done)
 
-    def _user_failed(self, where, exc):
+    def _user_failed(self, where: str, exc: BaseException) -> None:
         """Loop: user code raised ``exc``. Log it once, and stop truthfully:
         STOPPED, ``last_error`` set, waiters get ``GaveUp`` chained to it,
         pending retries cancelled; ``reconnect_now()`` starts again."""

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 if TYPE_CHECKING:
     from .._callbacks import UserCode
-    from .._interfaces import IReactorTime
+    from .._interfaces import IDelayedCall, IReactorTime
     from .._steps import Step
 
 __all__ = ["Backend", "Event", "Lock", "IdleWatch", "Cancellable", "Abandonable",
@@ -120,7 +120,7 @@ class Backend(Protocol):
     def in_loop(self) -> bool: ...
 
     def call_later_real(self, seconds: float, fn: Callable[..., object],
-                        *args: object) -> Cancellable:
+                        *args: object) -> IDelayedCall:
         """A timer in real time, whatever the handle's back-off clock."""
         ...
 

@@ -1,0 +1,104 @@
+"""What the parts of a handle may rely on of one another.
+
+A client or pool is put together from parts (``Handle`` and the mixins of
+``_usercode``, ``_fork``, ``_liveness`` and ``_protocol_mode``). They share
+the fields below, set in ``Handle.__init__`` (and the client's or pool's),
+and call one another's methods. This base declares both for type checkers
+only: at run time it is an empty class with empty ``__slots__``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from ._backends._seam import Backend, Event, Lock
+    from ._callbacks import UserCode
+    from ._connection import Connection
+    from ._connectors import Connector
+    from ._handle import _Pending
+    from ._interfaces import IReactorTime
+    from ._lease import LeaseQueue
+    from ._state import State
+    from ._stats import Stats
+    from ._tracking import _TrackingClock
+
+__all__ = ["HandleParts"]
+
+
+class HandleParts:
+    """Base of every part of a handle (not public). It owns the slots of
+    the fields the parts share; each part adds none, ``Handle``, the client
+    and the pool add their own."""
+
+    __slots__ = (
+        "__weakref__", "name", "factory", "clock", "_backend", "_connector", "_user",
+        "_trusted", "_ours", "_pauses", "_keeps_idle", "_stamp_use", "_caller_thread",
+        "_thread_ident", "_lost_on", "_on_connect", "_on_connect_timeout", "_on_disconnect",
+        "_saved_clock", "_heartbeat", "_heartbeat_interval", "_lock", "_leases", "_state",
+        "_closed", "_halted", "_stats", "_stop_reason", "_changed", "_waiters",
+        "_waiting_seen", "_revive", "_serial", "_failures", "_factory_clock",
+    )
+
+    if TYPE_CHECKING:
+        # -- immutable after construction --------------------------------------
+        name: str
+        factory: Any
+        clock: IReactorTime[Any]
+        _backend: Backend
+        _connector: Connector
+        _user: UserCode
+        _trusted: bool
+        _ours: frozenset[str]
+        _pauses: bool
+        _keeps_idle: bool
+        _stamp_use: bool
+        _caller_thread: int | None
+        _thread_ident: Callable[[], int] | None
+        _lost_on: tuple[type[BaseException], ...]
+        _on_connect: Callable[[Any], Any] | None
+        _on_connect_timeout: float | None
+        _on_disconnect: Callable[[Any], Any] | None
+        _saved_clock: IReactorTime[Any] | None
+        _heartbeat: Callable[[Any], Any] | None
+        _heartbeat_interval: float | None
+
+        # -- under the handle's lock -----------------------------------------
+        _lock: Lock
+        _leases: LeaseQueue
+        _state: State
+        _closed: bool
+        _halted: BaseException | None
+        _stats: Stats
+        _stop_reason: str | None
+        _changed: Event | None
+        _waiters: int
+        _waiting_seen: Event | None
+        _revive: bool
+        _serial: int
+        _failures: int
+
+        # -- the loop's ------------------------------------------------------
+        _factory_clock: _TrackingClock | None
+
+        # -- what each part provides the others --------------------------------
+        def _mark_lost(self, conn: Connection, exc: BaseException, wait: bool = False) -> bool: ...
+        def _close_conn(self, conn: Connection) -> None: ...
+        def _cancel_attempt(self, pending: _Pending) -> None: ...
+        def _halt_locked(self) -> list[Connection | _Pending]: ...
+        def _returned_locked(self, conn: Connection) -> None: ...
+        def _user_failed(self, where: str, exc: BaseException) -> None: ...
+        def _factory_calls(self, calls: list[tuple[str, tuple[Any, ...]]],
+                           then: Callable[[Any], None] | None = None,
+                           always: bool = False) -> None: ...
+        def _user_callback(self, label: str, fn: Callable[..., Any], *args: Any) -> None: ...
+        def _on_loop(self, fn: Callable[[], object], timeout: float = 5.0,
+                     urgent: bool = False) -> bool: ...
+        def _soon_on_loop(self, fn: Callable[[], object]) -> None: ...
+        def _enter(self) -> None: ...
+        def _forked_locked_state(self) -> None: ...
+        def _drop_in_child(self, conn: Connection) -> None: ...
+        def _changed_locked(self) -> None: ...
+        def _raise_if_hopeless_locked(self) -> None: ...
+        def _wait_event_locked(self) -> Event: ...
+        def _wait(self, event: Event, deadline: float | None) -> None: ...
