@@ -37,8 +37,7 @@ from ._backends import get_backend
 from ._callbacks import UserCode
 from ._connection import Connection, Owner, lease_check
 from ._connectors import as_connector
-from ._errors import (ClientClosed, ConnectionLost, ConnectTimeout, GaveUp, RCFError,
-                      _timeout_compatible)
+from ._errors import ClientClosed, ConnectionLost, ConnectTimeout, GaveUp, RCFError, _timeout_compatible
 from ._factory import ReconnectingClientFactory
 from ._fork import ForkSafe
 from ._fork import live as _live
