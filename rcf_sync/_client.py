@@ -5,27 +5,30 @@ are described in ``_handle``; this module adds the single connection, the
 state table of ``_state`` and the operations on the handle itself.
 """
 
-import numbers
+from __future__ import annotations
 
-from ._connection import Owner
+import numbers
+import socket
+import time
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
+
+from ._connection import Connection, Owner
 from ._errors import GaveUp
-from ._failure import as_failure
-from ._handle import (
-    _DEFAULT_HOOK_TIMEOUT,
-    Handle,
-    Stats,
-    _check_timeout,
-    _deadline,
-    _Lease,
-    _live,
-    _Pending,
-    _remaining,
-)
 from ._factory import uses_protocol
+from ._failure import as_failure
+from ._fork import live as _live
+from ._handle import _DEFAULT_HOOK_TIMEOUT, Handle, _Lease, _Pending
 from ._liveness import Liveness
 from ._protocol_mode import ProtocolMode
 from ._reasons import ClosedHere, PeerClosed
 from ._state import Event, State, transition
+from ._stats import Stats
+from ._timeouts import _check_timeout, _deadline
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
+
+T = TypeVar("T")
 
 __all__ = ["ReconnectingClient", "Stats"]
 
@@ -96,10 +99,14 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
 
     __slots__ = ("_attempt", "_attempts_started", "_conn", "_connect_requested", "_proto_mode")
 
-    def __init__(self, connector, factory=None, backend="auto", clock=None,
-                 on_connect=None, on_disconnect=None, name=None, *,
-                 on_connect_timeout=_DEFAULT_HOOK_TIMEOUT, heartbeat=None,
-                 heartbeat_interval=None, lost_on=()):
+    def __init__(self, connector: Any, factory: Any = None, backend: object = "auto",
+                 clock: Any = None, on_connect: Callable[[socket.socket], Any] | None = None,
+                 on_disconnect: Callable[[BaseException], Any] | None = None,
+                 name: str | None = None, *,
+                 on_connect_timeout: float | None = _DEFAULT_HOOK_TIMEOUT,
+                 heartbeat: Callable[[Any], Any] | None = None,
+                 heartbeat_interval: float | None = None,
+                 lost_on: type[BaseException] | tuple[type[BaseException], ...] = ()) -> None:
         if heartbeat is not None and not callable(heartbeat):
             raise ValueError(f"heartbeat must be callable or None, got {heartbeat!r}")
         self._heartbeat_interval = _check_timeout(heartbeat_interval, "heartbeat_interval")
@@ -118,15 +125,15 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
         self._heartbeat = heartbeat            # immutable
         self._stamp_use = heartbeat is not None
         # Under the lock:
-        self._conn = None                      # the live Connection, or None
-        self._attempt = None                   # the _Pending attempt, or None
+        self._conn: Connection | None = None   # the live connection
+        self._attempt: _Pending | None = None  # the attempt in flight
         self._connect_requested = False
         self._attempts_started = 0
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<ReconnectingClient {self.name!r} {self._state.name} backend={self._backend.name}>"
 
-    def start(self):
+    def start(self) -> Self:
         """Start connecting (the first attempt begins at once); returns
         ``self``. ``RuntimeError`` if already started or closed."""
         self._enter()
@@ -142,7 +149,8 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
         self._backend.call_soon(self._attempt_now)
         return self
 
-    def wait_connected(self, timeout=None, fail_after_failures=None):
+    def wait_connected(self, timeout: float | None = None,
+                       fail_after_failures: int | None = None) -> socket.socket:
         """Block until connected; return the live socket (not leased: prefer
         :meth:`connection` to use it).
 
@@ -155,11 +163,12 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
         self._refuse_socket("wait_connected()")
         return self._wait_live(self._live_socket_locked, timeout, fail_after_failures)
 
-    def _live_socket_locked(self):
+    def _live_socket_locked(self) -> socket.socket | None:
         conn = self._conn
         return conn.sock if conn is not None and conn.owner is not Owner.DEAD else None
 
-    def _wait_live(self, pick_locked, timeout, fail_after_failures):
+    def _wait_live(self, pick_locked: Callable[[], T | None], timeout: float | None,
+                   fail_after_failures: int | None) -> T:
         deadline = _deadline(timeout)
         if fail_after_failures is not None and (
                 not isinstance(fail_after_failures, numbers.Integral) or fail_after_failures < 1):
@@ -182,17 +191,17 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
                 event = self._wait_event_locked()
             self._wait(event, deadline)
 
-    def sendall(self, data, timeout=None):
+    def sendall(self, data: bytes, timeout: float | None = None) -> None:
         """Send all of ``data`` on the connection (waiting for one first).
         ``ConnectionLost`` when the connection dies under it."""
         self._refuse_socket("sendall()")
         deadline = _deadline(timeout)
         with self._lease_until(deadline) as sock:
             if deadline is not None:
-                sock.settimeout(max(0.0, _remaining(deadline)))
+                sock.settimeout(max(0.0, deadline - time.monotonic()))
             sock.sendall(data)
 
-    def recv(self, bufsize, timeout=None):
+    def recv(self, bufsize: int, timeout: float | None = None) -> bytes:
         """Receive up to ``bufsize`` bytes (waiting for a connection first).
         A peer that closed the connection raises ``ConnectionLost`` (never an
         empty ``b""``)."""
@@ -203,13 +212,13 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
         deadline = _deadline(timeout)
         with self._lease_until(deadline) as sock:
             if deadline is not None:
-                sock.settimeout(max(0.0, _remaining(deadline)))
-            data = sock.recv(bufsize)
+                sock.settimeout(max(0.0, deadline - time.monotonic()))
+            data: bytes = sock.recv(bufsize)
             if not data:
                 raise PeerClosed("the peer closed the connection")
             return data
 
-    def stop_trying(self):
+    def stop_trying(self) -> None:
         """Stop reconnecting (``factory.stopTrying()``): a pending retry is
         cancelled, an attempt in progress abandoned; a live connection stays
         up until it is lost. Waiters then get :class:`~rcf_sync.GaveUp`."""
@@ -218,7 +227,7 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
             return
         self._on_loop(self._do_stop_trying)
 
-    def reset_delay(self):
+    def reset_delay(self) -> None:
         """``factory.resetDelay()``: the next retry waits ``initialDelay``
         again. (Like Twisted, a retry already scheduled still runs.)"""
         if self._not_running():
@@ -226,7 +235,7 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
             return
         self._on_loop(lambda: self._factory_calls([("resetDelay", ())]))
 
-    def reconnect_now(self):
+    def reconnect_now(self) -> None:
         """Skip the back-off wait and attempt now; from ``STOPPED`` (also
         after user code raised), reset the factory and start trying again.
         No effect while connecting or connected; none before :meth:`start`
@@ -235,18 +244,18 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
             return
         self._on_loop(self._do_reconnect_now)
 
-    def _not_running(self):
+    def _not_running(self) -> bool:
         # Before start() and after close() there is no loop work to do (and,
         # before start(), maybe no loop at all).
         self._enter()
         return self._closed or self._state is State.IDLE
 
-    def _closing_locked(self):
+    def _closing_locked(self) -> None:
         self._set_state(Event.CLOSE)
 
     # -- connector side (IConnector calls land here, from any thread) ----------
 
-    def _connector_connect(self, connector):
+    def _connector_connect(self, connector: object) -> None:
         with self._lock:
             if self._closed or self._halted is not None:
                 return
@@ -256,20 +265,20 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
                 self._set_state(Event.ATTEMPT)
         self._backend.call_soon(self._attempt_now)
 
-    def _connector_stop_connecting(self, connector):
+    def _connector_stop_connecting(self, connector: object) -> bool:
         with self._lock:
             pending, self._attempt = self._attempt, None
         if pending is None:
             return False
 
-        def stop():
+        def stop() -> None:
             self._cancel_attempt(pending)
             self._attempt_failed(ConnectionAbortedError("the connection attempt was stopped"))
 
         self._soon_on_loop(stop)
         return True
 
-    def _connector_disconnect(self, connector):
+    def _connector_disconnect(self, connector: object) -> None:
         if self._proto_mode and self._lose_protocol_connection():
             return
         reason = ClosedHere("disconnect() was called")
@@ -287,7 +296,7 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
 
     # -- loop side -----------------------------------------------------------
 
-    def _attempt_now(self):
+    def _attempt_now(self) -> None:
         with self._lock:
             if self._closed or not self._connect_requested or self._halted is not None:
                 return
@@ -300,7 +309,7 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
             self._stats.retries = self._attempts_started - 1
             pending = self._attempt = _Pending()  # so that startedConnecting may stopConnecting()
 
-        def launch(_):
+        def launch(_: object) -> None:
             with self._lock:
                 current = self._attempt is pending and not self._closed
             if current:
@@ -308,7 +317,7 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
 
         self._factory_calls([("doStart", ()), ("startedConnecting", (self._connector,))], launch)
 
-    def _attempt_done(self, pending, sock, exc):
+    def _attempt_done(self, pending: _Pending, sock: Any, exc: BaseException | None) -> None:
         with self._lock:
             current = self._attempt is pending
             if current:
@@ -328,7 +337,7 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
             return
         self._factory_calls([("resetDelay", ())], lambda _: self._connected(pending, sock))
 
-    def _connected(self, pending, sock):
+    def _connected(self, pending: _Pending, sock: socket.socket) -> None:
         with self._lock:
             usable = not self._closed and self._halted is None and self._conn is None
             if usable:
@@ -357,18 +366,18 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
         if self._heartbeat is not None:
             self._schedule_heartbeat(conn)
 
-    def _attempt_failed(self, exc):
+    def _attempt_failed(self, exc: BaseException) -> None:
         reason = self._describe_error(exc)
         with self._lock:
             self._failures += 1
             self._stats.connect_failures += 1
             self._stats.last_error = reason
-        calls = [("doStop", ())]
+        calls: list[tuple[str, tuple[Any, ...]]] = [("doStop", ())]
         if not self._closed:
             calls.insert(0, ("clientConnectionFailed", (self._connector, as_failure(reason))))
         self._factory_calls(calls, lambda _: self._after_factory(Event.FAILED))
 
-    def _after_factory(self, event):
+    def _after_factory(self, event: Event | None) -> None:
         factory = self.factory
         gave_up = not factory.continueTrying or (
             callable(getattr(factory, "gaveUp", None)) and factory.gaveUp())
@@ -386,18 +395,18 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
                     self._stop_reason = f"gave up after {factory.retries - 1} retries"
                 self._set_state(Event.GAVE_UP)
 
-    def _forget_locked(self, conn, exc):
+    def _forget_locked(self, conn: Connection, exc: BaseException) -> None:
         if self._conn is conn:
             self._conn = None
 
-    def _lost(self, conn, exc):
+    def _lost(self, conn: Connection, exc: BaseException) -> None:
         reason = self._settle_reason(conn, exc)  # before a protocol hears of it
         self._close_conn(conn)
         if self._closed:
             self._factory_calls([("doStop", ())])
             return
 
-        def after(_):
+        def after(_: object) -> None:
             self._after_factory(Event.LOST)
             if self._on_disconnect is not None:
                 self._user_callback("on_disconnect()", self._on_disconnect, reason)
@@ -405,8 +414,8 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
         self._factory_calls([("clientConnectionLost", (self._connector, as_failure(reason))),
                              ("doStop", ())], after)
 
-    def _halt_locked(self):
-        to_close = []
+    def _halt_locked(self) -> list[Connection | _Pending]:
+        to_close: list[Connection | _Pending] = []
         pending, self._attempt = self._attempt, None
         if pending is not None:
             to_close.append(pending)
@@ -422,8 +431,8 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
         self._set_state(Event.HALT)
         return to_close
 
-    def _do_stop_trying(self):
-        def after(_):
+    def _do_stop_trying(self) -> None:
+        def after(_: object) -> None:
             with self._lock:
                 pending = self._attempt
             if pending is not None:
@@ -434,7 +443,7 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
 
         self._factory_calls([("stopTrying", ())], after)
 
-    def _do_reconnect_now(self):
+    def _do_reconnect_now(self) -> None:
         with self._lock:
             if self._closed or self._attempt is not None or self._conn is not None:
                 return
@@ -446,8 +455,9 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
                 self._connect_requested = True
                 self._set_state(Event.ATTEMPT)
 
-        def go(_):
-            self._factory_clock.cancel_all()  # skip the wait of the pending retry
+        def go(_: object) -> None:
+            if self._factory_clock is not None:
+                self._factory_clock.cancel_all()  # skip the wait of the pending retry
             with self._lock:
                 self._connect_requested = True
             self._attempt_now()
@@ -457,7 +467,7 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
         else:
             go(None)
 
-    def _shutdown(self):
+    def _shutdown(self) -> None:
         with self._lock:
             pending, self._attempt = self._attempt, None
             conn, self._conn = self._conn, None
@@ -470,7 +480,7 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
         calls = [("stopTrying", ())] + [("doStop", ())] * ((pending is not None) + (conn is not None))
         self._factory_calls(calls, self._shutdown_done, always=True)
 
-    def _forked(self):
+    def _forked(self) -> None:
         self._forked_locked_state()
         pending, self._attempt = self._attempt, None
         if pending is not None and pending.attempt is not None:
@@ -482,27 +492,27 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
             self._state = State.CONNECTING
             self._connect_requested = True
 
-    def _revived(self):
+    def _revived(self) -> None:
         self._attempt_now()
 
     # -- caller side -----------------------------------------------------------
 
-    def _lease_until(self, deadline):
+    def _lease_until(self, deadline: float | None) -> _Lease:
         lease = _Lease(self, None, raw=True)
-        lease._timeout = None if deadline is None else max(0.0, _remaining(deadline))
+        lease._timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         return lease
 
-    def _take_locked(self):
+    def _take_locked(self) -> Connection | None:
         conn = self._conn
         if conn is not None and conn.owner is Owner.IDLE:
             conn.owner = Owner.LEASED
             return conn
         return None
 
-    def _gave_up_locked(self):
+    def _gave_up_locked(self) -> bool:
         return self._state is State.STOPPED
 
-    def _set_state(self, event):
+    def _set_state(self, event: Event) -> None:
         # With self._lock held.
         self._state = transition(self._state, event)
         self._changed_locked()

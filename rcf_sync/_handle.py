@@ -135,10 +135,10 @@ class _Lease:
         return conn.session
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> bool:
+                 tb: TracebackType | None) -> None:
         conn, self._conn = self._conn, None
         assert conn is not None, "__exit__ without __enter__"
-        return self._handle._release(conn, exc)
+        self._handle._release(conn, exc)  # raises ConnectionLost, or lets exc through
 
 
 class _Pending:
@@ -158,6 +158,8 @@ class Handle(RunsUserCode, ForkSafe):
     :class:`~rcf_sync.ReconnectingPool` (not public)."""
 
     __slots__ = ()
+
+    _proto_mode = False  # the client sets it: its factory builds protocols
 
     def __init__(self, connector: Any, factory: Any, backend: object, clock: Any,
                  on_connect: Callable[[Any], Any] | None,
@@ -260,6 +262,8 @@ class Handle(RunsUserCode, ForkSafe):
         chained to it; any other exception also discards the connection (its
         stream state is unknown) and propagates unchanged. Also raises
         ``GaveUp`` and ``ClientClosed``. Thread-safe."""
+        if self._proto_mode:
+            self._refuse_socket("connection()")
         return _Lease(self, timeout)
 
     def call(self, fn: Callable[..., R], *args: Any, attempts: int | None = None,
@@ -271,6 +275,8 @@ class Handle(RunsUserCode, ForkSafe):
         connection and run ``fn`` again, up to ``attempts`` runs in all
         (``None``: as often as ``timeout`` allows). Only for idempotent work.
         ``timeout`` bounds the whole call, waits included."""
+        if self._proto_mode:
+            self._refuse_socket("call()")
         if attempts is not None and (not isinstance(attempts, numbers.Integral) or attempts < 1):
             raise ValueError(f"attempts must be an integer >= 1 or None, got {attempts!r}")
         deadline = None if timeout is None else _deadline(timeout)

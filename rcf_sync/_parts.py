@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
+    from collections.abc import Generator
+
     from ._backends._seam import Backend, Event, Lock
     from ._callbacks import UserCode
     from ._connection import Connection
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from ._lease import LeaseQueue
     from ._state import State
     from ._stats import Stats
+    from ._steps import Step
     from ._tracking import _TrackingClock
 
 __all__ = ["HandleParts"]
@@ -62,6 +65,7 @@ class HandleParts:
         _saved_clock: IReactorTime[Any] | None
         _heartbeat: Callable[[Any], Any] | None
         _heartbeat_interval: float | None
+        _proto_mode: bool
 
         # -- under the handle's lock -----------------------------------------
         _lock: Lock
@@ -102,3 +106,9 @@ class HandleParts:
         def _raise_if_hopeless_locked(self) -> None: ...
         def _wait_event_locked(self) -> Event: ...
         def _wait(self, event: Event, deadline: float | None) -> None: ...
+        def _steps(self, pending: _Pending) -> Generator[Step, Any, Any]: ...
+        def _refuse_socket(self, what: str) -> None: ...
+        def close(self, timeout: float | None = None) -> None: ...
+        def _loss_reason(self, exc: BaseException) -> BaseException: ...
+        @property
+        def destination(self) -> str: ...

@@ -15,31 +15,50 @@ queue as the protocol's callbacks, so ``connectionLost`` comes before
 ``clientConnectionLost``, as in Twisted.
 """
 
+from __future__ import annotations
+
 import logging
 import socket
+import time
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
-from ._connection import Owner
+from ._connection import Connection, Owner
 from ._driver import Driver, peer_address
 from ._errors import ConnectionDone, ConnectionLost, ConnectTimeout, ProtocolModeError
 from ._failure import as_failure
-from ._state import Event
+from ._parts import HandleParts
+from ._state import Event, State
 from ._steps import UserCall
-from ._timeouts import _deadline, _remaining
+from ._timeouts import _check_timeout, _deadline, _remaining
+
+if TYPE_CHECKING:
+    from ._handle import _Pending
+    from ._steps import Step
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 __all__ = ["ProtocolMode"]
 
 log = logging.getLogger("rcf_sync")
 
 
-class ProtocolMode:
+class ProtocolMode(HandleParts):
     """Mixin for :class:`~rcf_sync.ReconnectingClient`: the protocol side."""
 
     __slots__ = ()
 
-    _proto_mode = False  # immutable once set in __init__
+    if TYPE_CHECKING:  # the client's, used here
+        _conn: Connection | None
+
+        def _wait_live(self, pick_locked: Callable[[], T | None], timeout: float | None,
+                       fail_after_failures: int | None) -> T: ...
+        def _connected(self, pending: _Pending, sock: socket.socket) -> None: ...
+        def _after_factory(self, event: Event | None) -> None: ...
 
     @property
-    def protocol(self):
+    def protocol(self) -> Any:
         """The live protocol (its ``connectionMade`` has returned and its
         connection has not ended), or ``None``. Read it from anywhere; call
         into it with :meth:`call_protocol`."""
@@ -47,7 +66,8 @@ class ProtocolMode:
             driver = self._driver_locked()
             return driver.protocol if driver is not None and driver.made else None
 
-    def wait_protocol(self, timeout=None, fail_after_failures=None):
+    def wait_protocol(self, timeout: float | None = None,
+                      fail_after_failures: int | None = None) -> Any:
         """Block until a protocol is live and return it (as :attr:`protocol`).
 
         Waits and raises as :meth:`wait_connected` does: ``ConnectTimeout``,
@@ -59,7 +79,8 @@ class ProtocolMode:
                 "buildProtocol); use wait_connected() and connection()", self.destination)
         return self._wait_live(self._live_protocol_locked, timeout, fail_after_failures)
 
-    def call_protocol(self, fn, *args, timeout=None, **kwargs):
+    def call_protocol(self, fn: Callable[..., R], *args: Any, timeout: float | None = None,
+                      **kwargs: Any) -> R:
         """Run ``fn(protocol, *args, **kwargs)`` in the protocol's own order
         (after the callbacks already queued, never concurrently with them)
         and return its result or raise its exception. Waits for a live
@@ -74,15 +95,18 @@ class ProtocolMode:
         if driver is None:
             raise self._protocol_gone(None)
         done = self._backend.event()
-        outcome = []
+        outcome: list[tuple[Any, BaseException | None]] = []
 
-        def run():
+        def run() -> Any:
             if driver.ended:
                 raise self._protocol_gone(driver)
             return fn(driver.protocol, *args, **kwargs)
 
-        call = self._user.run(run, (), lambda result, exc: (outcome.append((result, exc)),
-                                                            done.set()))
+        def finished(result: Any, exc: BaseException | None) -> None:
+            outcome.append((result, exc))
+            done.set()
+
+        call = self._user.run(run, (), finished)
         remaining = _remaining(deadline)
         if not done.wait(None if remaining is None else max(0.0, remaining)):
             self._user.abandon(call)
@@ -92,11 +116,34 @@ class ProtocolMode:
         result, exc = outcome[0]
         if exc is not None:
             raise exc
-        return result
+        answer: R = result
+        return answer
+
+    def close(self, timeout: float | None = None) -> None:
+        """Close for good (see the handle's ``close()``); in protocol mode it
+        also waits, within ``timeout`` (default 5 s), until the protocol's
+        ``connectionLost`` and the factory calls after it have run."""
+        if not self._proto_mode or self._backend.name == "gevent" or self._closed \
+                or self._state is State.IDLE:
+            # The gevent backend's close() already waits for them.
+            return super().close(timeout)
+        checked = _check_timeout(timeout)
+        wait = 5.0 if checked is None else checked
+        deadline = time.monotonic() + wait
+        # Counted as one more user meanwhile, so the background (loop and
+        # workers) is still there to run them before the last release.
+        self._backend.acquire()
+        try:
+            super().close(timeout)
+            if not self._user.wait_drained(max(0.0, deadline - time.monotonic())):
+                log.warning("%s: close() did not see connectionLost() finish within %.1fs",
+                            self.name, wait)
+        finally:
+            self._backend.release(max(0.0, deadline - time.monotonic()))
 
     # -- the handle methods, refused -------------------------------------------------
 
-    def _refuse_socket(self, what):
+    def _refuse_socket(self, what: str) -> None:
         if self._proto_mode:
             raise ProtocolModeError(
                 f"{self.name} runs a protocol ({type(self.factory).__name__} builds one): its "
@@ -104,17 +151,9 @@ class ProtocolMode:
                 "client.protocol, client.wait_protocol() or client.call_protocol()",
                 self.destination)
 
-    def connection(self, timeout=None):
-        self._refuse_socket("connection()")
-        return super().connection(timeout)
-
-    def call(self, fn, *args, **kwargs):
-        self._refuse_socket("call()")
-        return super().call(fn, *args, **kwargs)
-
     # -- loop side -------------------------------------------------------------------
 
-    def _steps(self, pending):
+    def _steps(self, pending: _Pending) -> Generator[Step, Any, Any]:
         sock = yield from super()._steps(pending)
         if self._proto_mode:
             try:
@@ -130,7 +169,7 @@ class ProtocolMode:
                 raise
         return sock
 
-    def _protocol_built(self, pending, sock):
+    def _protocol_built(self, pending: _Pending, sock: socket.socket) -> None:
         """Loop: the attempt made a connection and buildProtocol returned."""
         if pending.protocol is not None:
             self._factory_calls([("resetDelay", ())], lambda _: self._connected(pending, sock))
@@ -152,7 +191,7 @@ class ProtocolMode:
             self._factory_calls([("doStop", ())])
             return
 
-        def after(_):
+        def after(_: object) -> None:
             self._after_factory(Event.FAILED)
             if self._on_disconnect is not None:
                 self._user_callback("on_disconnect()", self._on_disconnect, reason)
@@ -160,20 +199,20 @@ class ProtocolMode:
         self._factory_calls([("clientConnectionLost", (self._connector, as_failure(reason))),
                              ("doStop", ())], after)
 
-    def _drive(self, conn, protocol):
+    def _drive(self, conn: Connection, protocol: Any) -> None:
         """Loop: ``conn`` is installed; start driving ``protocol`` over it."""
         driver = Driver(self, conn, protocol)
         conn.watch = driver
         driver.start()
 
-    def _settle_reason(self, conn, exc):
+    def _settle_reason(self, conn: Connection, exc: BaseException) -> BaseException:
         """Loop, ``conn`` was lost with ``exc``: the reason as an exception."""
         driver = conn.watch
         if isinstance(driver, Driver):
             return driver.settle(exc)
         return self._loss_reason(exc)
 
-    def _lose_protocol_connection(self):
+    def _lose_protocol_connection(self) -> bool:
         """``connector.disconnect()`` in protocol mode: the transport's
         ``loseConnection()`` (True if there was a protocol to tell)."""
         with self._lock:
@@ -185,23 +224,23 @@ class ProtocolMode:
 
     # -- helpers -----------------------------------------------------------------------
 
-    def _driver_locked(self):
+    def _driver_locked(self) -> Driver | None:
         conn = self._conn
         if conn is None or conn.owner is Owner.DEAD:
             return None
         driver = conn.watch
         return driver if isinstance(driver, Driver) and not driver.ended else None
 
-    def _live_protocol_locked(self):
+    def _live_protocol_locked(self) -> Any:
         driver = self._driver_locked()
         return driver.protocol if driver is not None and driver.made else None
 
-    def _protocol_gone(self, driver):
+    def _protocol_gone(self, driver: Driver | None) -> ConnectionLost:
         return ConnectionLost(f"the connection to {self.destination} ended before the call ran",
-                              self.destination, driver and driver._reason)
+                              self.destination, driver._reason if driver is not None else None)
 
 
-def _close_in_order(sock):
+def _close_in_order(sock: socket.socket) -> None:
     """Close ``sock`` as Twisted's orderly close does: shutdown, then close."""
     try:
         sock.shutdown(socket.SHUT_RDWR)

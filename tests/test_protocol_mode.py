@@ -538,3 +538,22 @@ def test_reading_pauses_while_the_protocol_is_behind(kit, server, no_leaks):
         assert kit.block(pushed.wait, 10)
         kit.block(pusher.join, 5)
         assert b"".join(p.chunks) == payload
+
+
+def test_close_returns_after_connection_lost_ran_while_other_clients_run(kit, server, no_leaks):
+    """If one of two clients is closed, then by the time close() returns its protocol has heard connectionLost, and the other client still works."""
+    class SlowLoss(Recording):
+        def connectionLost(self, reason):
+            kit.sleep(0.05)  # a little work in connectionLost
+            super().connectionLost(reason)
+
+    record = []
+    factory = ReconnectingClientFactory.forProtocol(lambda: SlowLoss(kit, record), **FAST)
+    other = recording_client(kit, server.address, [])
+    with other:
+        for _ in range(5):
+            c = ReconnectingClient(server.address, factory=factory, backend=kit.name).start()
+            p = c.wait_protocol(timeout=5)
+            c.close()
+            assert lost_reasons(record, p) and lost_reasons(record, p)[0].check(ConnectionDone)
+        round_trip(other, b"still here")

@@ -159,9 +159,45 @@ def round_trip(sock: socket.socket) -> bytes:
     return assert_type(echo_round_trip(sock, b"ping"), bytes)
 
 
-# -- the client and the pool (phase 2) ----------------------------------------
-# PLACEHOLDER, filled in once the client and pool are annotated: what
-# ``ReconnectingClient(...)``, ``client.call(get, key)`` (the return type of
-# ``get``), ``client.connection()``, ``client.state`` / ``State`` and
-# ``client.stats`` / ``Stats`` must give a caller's checker, and the same for
-# ``ReconnectingPool``.
+# -- the client and the pool ------------------------------------------------------
+
+
+def get(sock: Any, key: str) -> int:
+    return len(key)
+
+
+def clients() -> None:
+    client = rcf_sync.ReconnectingClient(("127.0.0.1", 6379), backend="thread",
+                                         lost_on=(ValueError,), name="redis")
+    assert_type(client, rcf_sync.ReconnectingClient)
+    with client as c:
+        assert_type(c, rcf_sync.ReconnectingClient)
+        assert_type(c.call(get, "key", attempts=3, timeout=1.0), int)
+        assert_type(c.call(lambda sock: b"x"), bytes)
+        with c.connection(timeout=1) as conn:
+            assert_type(conn, Any)
+        assert_type(c.wait_connected(timeout=1), socket.socket)
+        assert_type(c.state, rcf_sync.State)
+        assert_type(c.stats, rcf_sync.Stats)
+        assert_type(c.stats.connects, int)
+        assert_type(c.stats.last_error, "BaseException | None")
+        assert_type(c.wait_state(rcf_sync.State.CONNECTED, timeout=1), rcf_sync.State)
+        assert_type(c.wait_waiting(2, timeout=1), int)
+        c.sendall(b"ping", timeout=1)
+        assert_type(c.recv(4, timeout=1), bytes)
+        c.stop_trying()
+        c.reconnect_now()
+        assert_type(c.call_protocol(lambda p: 1), int)
+        c.close(timeout=1)
+    clock = FakeClock()
+    rcf_sync.ReconnectingClient(TCPConnector("127.0.0.1", 1), clock=clock)
+    rcf_sync.ReconnectingClient(("127.0.0.1", 1), clock=task.Clock())
+    rcf_sync.ReconnectingClient(("127.0.0.1", 1), on_connect=lambda sock: sock.fileno())
+    rcf_sync.ReconnectingClient("/run/app.sock")
+    rcf_sync.ReconnectingClient(("127.0.0.1", 1), lost_on=42)  # type: ignore[arg-type]
+    pool = rcf_sync.ReconnectingPool(("127.0.0.1", 6379), 4)
+    with pool as p:
+        assert_type(p, rcf_sync.ReconnectingPool)
+        assert_type(p.call(get, "key"), int)
+        assert_type(p.probes, int)
+        p.reconnect_now()
