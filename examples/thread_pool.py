@@ -3,8 +3,9 @@
 A ``concurrent.futures.ThreadPoolExecutor`` runs 200 jobs on 8 threads; every
 job sends a payload no other job sends through one shared
 :class:`rcf_sync.ReconnectingClient` and checks that the echo it reads back
-is its own. Halfway through, the echo server is stopped (every connection
-closed) and started again on the same port.
+is its own. Halfway through (after the first half of the jobs), the echo
+server is stopped (every connection closed) and started again on the same
+port.
 
 What it shows:
 
@@ -61,20 +62,25 @@ def main():
         with ReconnectingClient((server.host, server.port), factory=factory,
                                 backend="thread") as client:
             with concurrent.futures.ThreadPoolExecutor(WORKERS, thread_name_prefix="worker") as pool:
-                futures = [pool.submit(job, client, n) for n in range(JOBS)]
-                for finished, future in enumerate(concurrent.futures.as_completed(futures, 60), 1):
-                    try:
-                        if future.result():
-                            ok += 1
-                        else:
-                            mismatched += 1
-                    except Exception as exc:
-                        failed += 1
-                        print(f"job failed: {exc}")
-                    if finished == JOBS // 2:
+                # Half the jobs, then the restart, then the other half: so the
+                # restart falls between requests however the threads are
+                # scheduled (counting completions would let the jobs finish
+                # before the restart on a loaded machine).
+                for half in (range(JOBS // 2), range(JOBS // 2, JOBS)):
+                    if half.start:
                         server.stop()
                         server.start()
                         restarts += 1
+                    futures = [pool.submit(job, client, n) for n in half]
+                    for future in concurrent.futures.as_completed(futures, 60):
+                        try:
+                            if future.result():
+                                ok += 1
+                            else:
+                                mismatched += 1
+                        except Exception as exc:
+                            failed += 1
+                            print(f"job failed: {exc}")
             stats = client.stats
     finally:
         server.stop()

@@ -91,6 +91,13 @@ def run_demo(factory: ReconnectingClientFactory, duration: float, out: TextIO = 
                 server.stop()
                 down = True
                 say("server killed")
+                # The client may not have seen the loss yet (it is noticed in
+                # the background, within milliseconds); a request sent before
+                # then would fail for no fault of the client's, so wait.
+                try:
+                    client.wait_state(State.WAITING, State.CONNECTING, State.STOPPED, timeout=2)
+                except ConnectTimeout:
+                    pass
             elif down and not should_be_down:
                 server.start()
                 down = False

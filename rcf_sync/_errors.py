@@ -8,6 +8,7 @@ exception), and pickles with both.
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 __all__ = [
@@ -102,3 +103,14 @@ class AlreadyCalled(RCFError, ValueError):
 class AlreadyCancelled(RCFError, ValueError):
     """A delayed call that was already cancelled was cancelled or
     rescheduled."""
+
+
+def _timeout_compatible(exc: BaseException) -> BaseException:
+    """``exc``, or for a ``socket.timeout`` that is not a ``TimeoutError``
+    (Python 3.9) a ``TimeoutError`` with the same message chained to it, so
+    that a read timeout is reported as one on every supported Python."""
+    if isinstance(exc, socket.timeout) and not isinstance(exc, TimeoutError):
+        timeout = TimeoutError(*exc.args)
+        timeout.__cause__ = exc
+        return timeout
+    return exc

@@ -37,7 +37,7 @@ from ._backends import get_backend
 from ._callbacks import UserCode
 from ._connection import IDLE, LEASED, Connection, Owner, lease_check
 from ._connectors import as_connector
-from ._errors import ClientClosed, ConnectionLost, ConnectTimeout, GaveUp, RCFError
+from ._errors import ClientClosed, ConnectionLost, ConnectTimeout, GaveUp, RCFError, _timeout_compatible
 from ._factory import ReconnectingClientFactory
 from ._fork import ForkSafe
 from ._fork import live as _live
@@ -501,6 +501,7 @@ class Handle(RunsUserCode, ForkSafe):
             pending.attempt.cancel()
 
     def _describe_error(self, exc: BaseException) -> BaseException:
+        exc = _timeout_compatible(exc)
         if isinstance(exc, TimeoutError) and not isinstance(exc, RCFError):
             return ConnectTimeout(f"connecting to {self.destination} timed out: {exc}",
                                   self.destination, exc)
@@ -670,6 +671,7 @@ class Handle(RunsUserCode, ForkSafe):
             elif conn.owner is IDLE and conn.watch is not None:
                 conn.watch.released()
             return False
+        exc = _timeout_compatible(exc)
         self._mark_lost(conn, exc, wait=True)
         if isinstance(exc, RCFError):
             return False

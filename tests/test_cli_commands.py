@@ -21,6 +21,8 @@ def test_demo_shows_backoff_and_ends_by_itself():
     assert "summary:" in out and "Traceback" not in result.stderr
     events = [line for line in out.splitlines() if line.strip() and "summary:" not in line]
     assert events[-1].endswith("state CONNECTED")  # it ends reconnected
+    assert [line for line in out.splitlines() if line.split()[1:2] == ["request"]] == []
+    assert ", 0 failed;" in out  # every request made while connected was served
     delays = [float(line.rsplit("next attempt in ", 1)[1].rstrip("s"))
               for line in out.splitlines() if "failed" in line and "next attempt in" in line]
     assert len(delays) >= 2 and max(delays) > min(delays)

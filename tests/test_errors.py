@@ -2,6 +2,7 @@
 
 import copy
 import pickle
+import socket
 
 import pytest
 
@@ -18,6 +19,7 @@ from rcf_sync import (
     NotConnectingError,
     RCFError,
 )
+from rcf_sync._errors import _timeout_compatible
 
 ALL_ERRORS = [
     RCFError,
@@ -154,3 +156,13 @@ def test_connection_aborted_is_a_connection_lost():
     with pytest.raises(ConnectionLost):
         raise ConnectionAborted("aborted", destination="h:1")
     assert not issubclass(ConnectionAborted, ConnectionDone)
+
+
+def test_a_socket_timeout_is_reported_as_a_timeout_error():
+    """If a socket.timeout is made timeout-compatible, then it is a TimeoutError with its message, chained to the original where the two differ (Python 3.9)."""
+    original = socket.timeout("timed out")
+    converted = _timeout_compatible(original)
+    assert isinstance(converted, TimeoutError) and str(converted) == "timed out"
+    assert converted is original or converted.__cause__ is original
+    other = ConnectionResetError("reset")
+    assert _timeout_compatible(other) is other
