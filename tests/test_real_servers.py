@@ -474,3 +474,25 @@ def test_patched(check, record_property):
     assert proc.returncode == 0, output
     assert re.search(rf"^ok {check} ", proc.stdout, re.MULTILINE), output
     record_property("output", proc.stdout)
+
+
+def test_redis_subscribe_example_against_redis_server(redis):
+    """If examples/redis_subscribe.py runs against redis-server, then messages PUBLISHed reach it, and after a SIGKILL restart it subscribes again and gets the next one."""
+    from test_examples import RunningExample
+
+    def publish(text):
+        with socket.create_connection(redis.address, timeout=5) as sock:
+            return request(sock, "PUBLISH", "news", text)
+
+    run = RunningExample("redis_subscribe.py", redis.address[0], str(redis.address[1]), "news")
+    try:
+        assert run.next_line() == "subscribed to news"
+        assert publish("hello") == 1
+        assert run.next_line() == "news: hello"
+        redis.restart()
+        assert run.next_line().startswith("connection lost (")
+        assert run.next_line() == "subscribed to news"
+        assert publish("again") == 1
+        assert run.next_line() == "news: again"
+    finally:
+        run.interrupt()
