@@ -304,6 +304,10 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
             self._connect_requested = False
             if self._attempt is not None or self._conn is not None:
                 return
+            if self._state is State.CONNECTED:
+                # The connection is gone and a retry came (a factory subclass's
+                # clientConnectionLost scheduled it) before the loss was noted.
+                self._set_state(Event.LOST)
             if self._state is not State.CONNECTING:
                 self._set_state(Event.ATTEMPT)
             self._attempts_started += 1

@@ -345,3 +345,20 @@ def test_a_factory_call_finishing_after_close_schedules_nothing(kit, free_port, 
     call = factory._callID
     assert call is None or not call.active(), "a retry outlived its client"
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_a_retry_before_the_loss_is_noted_starts_cleanly(kit, server, no_leaks):
+    """If a subclass's clientConnectionLost reconnects at once, then the attempt starts even though the loss is noted after it, and the client is connected again."""
+    class Eager(ReconnectingClientFactory):
+        noisy = False
+
+        def clientConnectionLost(self, connector, reason):
+            connector.connect()  # Twisted's ClientFactory idiom: reconnect now
+
+    with ReconnectingClient(server.address, factory=Eager(), backend=kit.name) as c:
+        for _ in range(5):
+            c.wait_connected(timeout=5)
+            n = c.stats.connects
+            kit.drop(server, n=n)
+            assert c.call(echo, b"back", timeout=5) == b"back"
+        assert c.stats.losses >= 5 and c.state is S.CONNECTED
