@@ -24,6 +24,7 @@ from rcf_sync import (
     ReconnectingClientFactory,
     ReconnectingPool,
     State,
+    TCPConnector,
 )
 from rcf_sync.testing import FaultProxy
 
@@ -525,10 +526,16 @@ def test_reading_pauses_while_the_protocol_is_behind(kit, server, no_leaks):
                 everything.set()
 
     factory = ReconnectingClientFactory.forProtocol(Slow, **FAST)
-    with ReconnectingClient(server.address, factory=factory, backend=kit.name) as c:
+    # A fixed receive buffer: the kernel may otherwise grow it (tcp_rmem) to
+    # hold the whole push without the client reading at all.
+    small = TCPConnector(*server.address,
+                         socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)])
+    with ReconnectingClient(small, factory=factory, backend=kit.name) as c:
         p = c.wait_protocol(timeout=5)
-        pushed = threading.Event()
-        pusher = threading.Thread(target=lambda: (server.push(payload), pushed.set()), daemon=True)
+        assert kit.block(server.wait_accepted, 1, 5)  # the server knows the connection
+        pushed, reached = threading.Event(), []
+        pusher = threading.Thread(target=lambda: (reached.append(server.push(payload)),
+                                                  pushed.set()), daemon=True)
         pusher.start()
         # Bounded check that something does not happen: the kernel buffers
         # hold far less than 32 MB, so the push can only finish if we read on.
@@ -537,6 +544,7 @@ def test_reading_pauses_while_the_protocol_is_behind(kit, server, no_leaks):
         assert everything.wait(20)
         assert kit.block(pushed.wait, 10)
         kit.block(pusher.join, 5)
+        assert reached == [1]
         assert b"".join(p.chunks) == payload
 
 
