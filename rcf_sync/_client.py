@@ -407,12 +407,18 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
     def _lost(self, conn: Connection, exc: BaseException) -> None:
         reason = self._settle_reason(conn, exc)  # before a protocol hears of it
         self._close_conn(conn)
+        self._tell_lost(reason, Event.LOST)
+
+    def _tell_lost(self, reason: BaseException, event: Event) -> None:
+        """Loop: a connection ended with ``reason``: the factory hears
+        ``clientConnectionLost`` (and ``doStop``), then the state moves on
+        (``event``) and ``on_disconnect`` runs."""
         if self._closed:
             self._factory_calls([("doStop", ())])
             return
 
         def after(_: object) -> None:
-            self._after_factory(Event.LOST)
+            self._after_factory(event)
             if self._on_disconnect is not None:
                 self._user_callback("on_disconnect()", self._on_disconnect, reason)
 

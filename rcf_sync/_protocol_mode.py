@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any, Callable, TypeVar
 from ._connection import Connection, Owner
 from ._driver import Driver, peer_address
 from ._errors import ConnectionDone, ConnectionLost, ConnectTimeout, ProtocolModeError
-from ._failure import as_failure
 from ._parts import HandleParts
 from ._state import Event, State
 from ._steps import UserCall
@@ -56,6 +55,7 @@ class ProtocolMode(HandleParts):
                        fail_after_failures: int | None) -> T: ...
         def _connected(self, pending: _Pending, sock: socket.socket) -> None: ...
         def _after_factory(self, event: Event | None) -> None: ...
+        def _tell_lost(self, reason: BaseException, event: Event) -> None: ...
 
     @property
     def protocol(self) -> Any:
@@ -186,18 +186,8 @@ class ProtocolMode(HandleParts):
             self._stats.losses += 1
             self._stats.last_error = reason
             self._failures += 1
-            closed = self._closed
-        if closed:
-            self._factory_calls([("doStop", ())])
-            return
-
-        def after(_: object) -> None:
-            self._after_factory(Event.FAILED)
-            if self._on_disconnect is not None:
-                self._user_callback("on_disconnect()", self._on_disconnect, reason)
-
-        self._factory_calls([("clientConnectionLost", (self._connector, as_failure(reason))),
-                             ("doStop", ())], after)
+        # A connection that never had a protocol: to the state, a failed attempt.
+        self._tell_lost(reason, Event.FAILED)
 
     def _drive(self, conn: Connection, protocol: Any) -> None:
         """Loop: ``conn`` is installed; start driving ``protocol`` over it."""
