@@ -20,7 +20,7 @@ import time
 
 import _common as C
 
-from rcf_sync import ReconnectingClient, ReconnectingClientFactory, _handle
+from rcf_sync import ReconnectingClient, ReconnectingClientFactory, _leasing
 from rcf_sync.testing import echo_round_trip
 
 MSG = b"x" * 64
@@ -48,7 +48,7 @@ def main():
     blocks = 6 if args.quick else 16
     n_lease, n_call = (20000, 2000) if args.quick else (50000, 5000)
     C.print_header("Lease-time connection check: cost per lease")
-    real_check = _handle.lease_check
+    real_check = _leasing.lease_check
     results = {(what, on): [] for what in ("lease", "call") for on in (True, False)}
     with C.ServerProcess("select") as server:
         factory = ReconnectingClientFactory(initialDelay=0.01, maxDelay=0.1, jitter=0)
@@ -56,12 +56,12 @@ def main():
             client.wait_connected(timeout=10)
             for block in range(blocks):
                 for on in ((True, False) if block % 2 == 0 else (False, True)):
-                    _handle.lease_check = real_check if on else (lambda conn: None)
+                    _leasing.lease_check = real_check if on else (lambda conn: None)
                     try:
                         results["lease", on].append(lease_loop(client, n_lease))
                         results["call", on].append(call_loop(client, n_call))
                     finally:
-                        _handle.lease_check = real_check
+                        _leasing.lease_check = real_check
     rows = []
     for what in ("lease", "call"):
         on, off = C.median(results[what, True]), C.median(results[what, False])

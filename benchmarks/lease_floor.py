@@ -101,7 +101,7 @@ def interleave(cases, blocks, n):
 def flattened_lease(client):
     """The usual path of ``client.connection()`` as one context manager,
     same work, no method layers (for pricing the layers only)."""
-    from rcf_sync import _handle
+    from rcf_sync import _leasing
     from rcf_sync._connection import Owner
 
     IDLE, LEASED = Owner.IDLE, Owner.LEASED
@@ -117,7 +117,7 @@ def flattened_lease(client):
                 if leases or conn is None or conn.owner is not IDLE:
                     raise RuntimeError("slow path not modelled")
                 conn.owner = LEASED
-            if _handle.lease_check(conn) is not None:
+            if _leasing.lease_check(conn) is not None:
                 raise RuntimeError("slow path not modelled")
             self._conn = conn
             return conn.session
@@ -184,7 +184,7 @@ def ownership_lock_lease(client, window):
 
 
 def part1(client, blocks, n, window):
-    from rcf_sync import _handle
+    from rcf_sync import _handle, _leasing
     from rcf_sync._backends import _thread
 
     lock = threading.Lock()
@@ -192,7 +192,7 @@ def part1(client, blocks, n, window):
     shared = Minimal(lock, value)
     sock = client.wait_connected(timeout=10)
     conn = client._conn
-    real_check = _handle.lease_check
+    real_check = _leasing.lease_check
     real_released = _thread._IdleWatch.released
     Flat = flattened_lease(client)
     OwnLease = ownership_lock_lease(client, window)
@@ -246,7 +246,7 @@ def part1(client, blocks, n, window):
         return run
 
     def check_off():
-        _handle.lease_check = lambda conn: None
+        _leasing.lease_check = lambda conn: None
 
     def check_gated():
         def gated(conn, _mono=time.monotonic, _real=real_check):
@@ -254,10 +254,10 @@ def part1(client, blocks, n, window):
             if watch is not None and _mono() - watch._since < window:
                 return None
             return _real(conn)
-        _handle.lease_check = gated
+        _leasing.lease_check = gated
 
     def check_back():
-        _handle.lease_check = real_check
+        _leasing.lease_check = real_check
 
     real_enter = _handle.Handle._enter
 
@@ -349,7 +349,7 @@ def part1(client, blocks, n, window):
 # -- part 2 -----------------------------------------------------------------------
 
 def part2(address, blocks, n):
-    from rcf_sync import ReconnectingClient, _handle
+    from rcf_sync import ReconnectingClient, _leasing
 
     raw = socket.create_connection(address)
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -357,7 +357,7 @@ def part2(address, blocks, n):
     c_lease = ReconnectingClient(address, backend="thread").start()
     c_call.wait_connected(timeout=10)
     c_lease.wait_connected(timeout=10)
-    real_check = _handle.lease_check
+    real_check = _leasing.lease_check
 
     def run_raw(n):
         for _ in range(n):
@@ -373,12 +373,12 @@ def part2(address, blocks, n):
                 roundtrip(s)
 
     def run_call_nocheck(n):
-        _handle.lease_check = lambda conn: None
+        _leasing.lease_check = lambda conn: None
         try:
             for _ in range(n):
                 c_call.call(roundtrip)
         finally:
-            _handle.lease_check = real_check
+            _leasing.lease_check = real_check
 
     cases = [("raw socket", run_raw), ("client.call()", run_call),
              ("connection() lease", run_lease), ("call(), lease_check a no-op", run_call_nocheck)]

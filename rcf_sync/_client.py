@@ -17,7 +17,8 @@ from ._errors import GaveUp
 from ._factory import uses_protocol
 from ._failure import as_failure
 from ._fork import live as _live
-from ._handle import _DEFAULT_HOOK_TIMEOUT, Handle, _Lease, _Pending
+from ._handle import _DEFAULT_HOOK_TIMEOUT, Handle, _Pending
+from ._leasing import _Lease
 from ._liveness import Liveness
 from ._protocol_mode import ProtocolMode
 from ._reasons import ClosedHere, PeerClosed

@@ -3,15 +3,68 @@ does when they raise (see ``_callbacks`` for the queue they run in)."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import weakref
 from typing import Any, Callable
 
 from ._connection import Connection
+from ._factory import ReconnectingClientFactory
 from ._parts import HandleParts
 
 __all__ = ["RunsUserCode"]
 
 log = logging.getLogger("rcf_sync")
+
+# The factory methods the client calls, each with what it calls in turn: a
+# method is ours to run inline only if none of these is overridden.
+_FACTORY_CALLS = {
+    "clientConnectionFailed": ("clientConnectionFailed", "retry"),
+    "clientConnectionLost": ("clientConnectionLost", "retry"),
+    "startedConnecting": ("startedConnecting",),
+    "resetDelay": ("resetDelay",),
+    "stopTrying": ("stopTrying",),
+    "doStart": ("doStart", "startFactory"),
+    "doStop": ("doStop", "stopFactory"),
+    "buildProtocol": ("buildProtocol", "protocol"),  # builds the user's protocol
+}
+_FACTORY_METHODS = tuple(sorted({m for ms in _FACTORY_CALLS.values() for m in ms}))
+
+
+_overrides: weakref.WeakKeyDictionary[type, frozenset[str]] = weakref.WeakKeyDictionary()
+
+
+def _overridden_in_class(cls: type) -> frozenset[str]:
+    found = _overrides.get(cls)  # once per factory class
+    if found is None:
+        if not issubclass(cls, ReconnectingClientFactory):
+            found = frozenset(_FACTORY_METHODS)
+        else:
+            found = frozenset(m for m in _FACTORY_METHODS if getattr(cls, m, None)
+                              is not getattr(ReconnectingClientFactory, m, None))
+        _overrides[cls] = found
+    return found
+
+
+def _ours_to_run(factory: object) -> frozenset[str]:
+    """The factory methods the client may call inline on the loop: those
+    that run only our code (a method set on the instance overrides ours as a
+    subclass's would). ``buildProtocol`` always builds user code."""
+    cls = type(factory)
+    # getattr, not factory.__dict__: reading __dict__ would make every
+    # factory hold a real dictionary of its attributes.
+    extra = frozenset(m for m in _FACTORY_METHODS
+                      if getattr(getattr(factory, m, None), "__func__", None)
+                      is not getattr(cls, m, None) and callable(getattr(cls, m, None)))
+    return _ours_given(_overridden_in_class(cls) | extra)
+
+
+@functools.lru_cache(maxsize=256)
+def _ours_given(overridden: frozenset[str]) -> frozenset[str]:
+    # Shared by every factory of a class: a client holds no set of its own.
+    overridden = overridden | {"protocol"}
+    return frozenset(name for name, uses in _FACTORY_CALLS.items()
+                     if not overridden.intersection(uses))
 
 
 class RunsUserCode(HandleParts):
