@@ -66,13 +66,12 @@ _DEFAULT_HOOK_TIMEOUT = 30.0
 class _Pending:
     """The handle's record of an attempt the backend is driving."""
 
-    __slots__ = ("attempt", "session", "protocol", "cancelled")
+    __slots__ = ("attempt", "session", "protocol")
 
     def __init__(self) -> None:
         self.attempt: Cancellable | None = None     # the backend's attempt (loop only)
         self.session = None     # what on_connect returned
         self.protocol = None    # what buildProtocol returned (protocol mode)
-        self.cancelled = False  # under the handle's lock
 
 
 class Handle(Leasing, RunsUserCode, ForkSafe):
@@ -316,7 +315,6 @@ class Handle(Leasing, RunsUserCode, ForkSafe):
 
     def _cancel_attempt(self, pending: _Pending) -> None:
         """Loop: abandon an attempt (its sockets are closed)."""
-        pending.cancelled = True
         if pending.attempt is not None:
             pending.attempt.cancel()
 

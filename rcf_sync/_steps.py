@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from ._connectors import _SocketConnector
 
-__all__ = ["Step", "Resolve", "Readable", "Writable", "TLS", "Blocking", "UserCall", "Adopt"]
+__all__ = ["Step", "Resolve", "Readable", "Writable", "TLS", "UserCall", "Adopt"]
 
 
 class Step:
@@ -70,16 +70,6 @@ class TLS(Step):
 
     def __init__(self, sock: socket.socket, connector: _SocketConnector) -> None:
         self.sock, self.connector = sock, connector
-
-
-class Blocking(Step):
-    """Run library code that may block (never user code) off the loop:
-    ``fn(*args)``; produces its result."""
-
-    __slots__ = ("fn", "args")
-
-    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
-        self.fn, self.args = fn, args
 
 
 class UserCall(Step):

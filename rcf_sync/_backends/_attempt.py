@@ -18,7 +18,7 @@ import ssl
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Callable
 
-from .._steps import TLS, Adopt, Blocking, Readable, Resolve, UserCall, Writable
+from .._steps import TLS, Adopt, Readable, Resolve, UserCall, Writable
 from ._runtime import READ, WRITE
 
 if TYPE_CHECKING:
@@ -151,9 +151,6 @@ class Attempt:
     def _resolve(self, step: Resolve) -> tuple[bool, Any]:
         return self._submit(socket.getaddrinfo, (step.host, step.port, 0, socket.SOCK_STREAM))
 
-    def _blocking(self, step: Blocking) -> tuple[bool, Any]:
-        return self._submit(step.fn, step.args)
-
     def _user_call(self, step: UserCall) -> tuple[bool, Any]:
         token = object()
 
@@ -221,7 +218,6 @@ _HANDLERS: dict[type, Callable[[Attempt, Any], tuple[bool, Any]]] = {
     Adopt: Attempt._adopt,
     TLS: Attempt._tls,
     Resolve: Attempt._resolve,
-    Blocking: Attempt._blocking,
     UserCall: Attempt._user_call,
 }
 

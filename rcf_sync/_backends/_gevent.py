@@ -31,7 +31,7 @@ except ImportError as exc:  # pragma: no cover - exercised without gevent only
         'the gevent backend needs gevent: pip install "rcf_sync[gevent]"'
     ) from exc
 
-from .._steps import TLS, Adopt, Blocking, Readable, Resolve, UserCall, Writable
+from .._steps import TLS, Adopt, Readable, Resolve, UserCall, Writable
 from ._base import guard, socket_is_patched
 from ._gevent_clock import GeventClock, _get_ident, _RealLock
 
@@ -184,8 +184,6 @@ class _Attempt:
                 return gevent.socket.getaddrinfo(step.host, step.port, 0, socket.SOCK_STREAM)
             if isinstance(step, TLS):
                 return _tls(step.sock, step.connector)
-            if isinstance(step, Blocking):
-                return step.fn(*step.args)
             if isinstance(step, UserCall):
                 return self._user_call(step)
         raise TypeError(f"unknown attempt step {step!r}")
@@ -219,25 +217,21 @@ class _IdleWatch:
         self._callback = callback
         self._watcher = backend._hub.loop.io(sock.fileno(), 1)
         self._watcher.start(self._fire)
-        self.idle_off = False  # True while stopped: resume() restarts it
 
     def _fire(self) -> None:
         w = self._watcher
         if w is not None:
             w.stop()
-            self.idle_off = True
             guard(self._callback)
 
     def leased(self) -> None:
         if self._watcher is not None:
             self._watcher.stop()
-            self.idle_off = True
 
     def released(self) -> None:
         w = self._watcher
         if w is not None and not w.active:
             w.start(self._fire)
-        self.idle_off = False
 
     rearm = released
 

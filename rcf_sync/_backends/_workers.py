@@ -199,8 +199,3 @@ class WorkerPool:
         """The live worker threads."""
         with self._cond:
             return list(self._threads)
-
-    def busy(self) -> int:
-        """How many workers count against ``size`` now."""
-        with self._cond:
-            return self._counted - self._idle
