@@ -194,9 +194,11 @@ class Handle(Leasing, RunsUserCode, ForkSafe):
             finished = self._on_loop(self._shutdown, timeout=wait, urgent=True)
             # User code still running for this handle (and what the factory
             # is told at close, queued after it) would outlive close() in a
-            # greenlet; a worker thread is the backend's, and the last
-            # release lets it finish first.
-            if finished and self._backend.name == "gevent":
+            # greenlet; a protocol must have heard connectionLost by the time
+            # close() returns. (Otherwise a worker thread is the backend's,
+            # and the last release lets it finish first.) The backend is
+            # released only after this wait, so its workers are there for it.
+            if finished and (self._backend.name == "gevent" or self._proto_mode):
                 finished = self._user.wait_drained(max(0.0, deadline - time.monotonic()))
             if not finished:
                 log.warning("%s: close() did not see the background finish within %.1fs",

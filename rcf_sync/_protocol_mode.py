@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import socket
-import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
@@ -27,9 +26,9 @@ from ._connection import Connection, Owner
 from ._driver import Driver, peer_address
 from ._errors import ConnectionDone, ConnectionLost, ConnectTimeout, ProtocolModeError
 from ._parts import HandleParts
-from ._state import Event, State
+from ._state import Event
 from ._steps import UserCall
-from ._timeouts import _check_timeout, _deadline, _remaining
+from ._timeouts import _deadline, _remaining
 
 if TYPE_CHECKING:
     from ._handle import _Pending
@@ -118,28 +117,6 @@ class ProtocolMode(HandleParts):
             raise exc
         answer: R = result
         return answer
-
-    def close(self, timeout: float | None = None) -> None:
-        """Close for good (see the handle's ``close()``); in protocol mode it
-        also waits, within ``timeout`` (default 5 s), until the protocol's
-        ``connectionLost`` and the factory calls after it have run."""
-        if not self._proto_mode or self._backend.name == "gevent" or self._closed \
-                or self._state is State.IDLE:
-            # The gevent backend's close() already waits for them.
-            return super().close(timeout)
-        checked = _check_timeout(timeout)
-        wait = 5.0 if checked is None else checked
-        deadline = time.monotonic() + wait
-        # Counted as one more user meanwhile, so the background (loop and
-        # workers) is still there to run them before the last release.
-        self._backend.acquire()
-        try:
-            super().close(timeout)
-            if not self._user.wait_drained(max(0.0, deadline - time.monotonic())):
-                log.warning("%s: close() did not see connectionLost() finish within %.1fs",
-                            self.name, wait)
-        finally:
-            self._backend.release(max(0.0, deadline - time.monotonic()))
 
     # -- the handle methods, refused -------------------------------------------------
 
