@@ -21,6 +21,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 
 __all__ = ["ServerMissing", "RedisServer", "NginxServer", "ci", "find_binary", "free_port",
            "RespError", "Desync", "resp_command", "read_reply", "request"]
@@ -226,6 +227,25 @@ class NginxServer(_Server):
 
     def command(self):
         return [self.binary, "-c", self.conf, "-p", self.dir, "-e", os.path.join(self.dir, "error.log")]
+
+    def logged_requests(self, timeout=10):
+        """The request lines of the access log, for every request answered so far.
+
+        nginx writes a request's log line after sending its response, so a
+        client can hold the answer before the line exists. One worker serves
+        every connection in turn: once it has answered a marker request sent
+        now, every earlier request has been logged."""
+        marker = f"/.rcf-marker-{uuid.uuid4().hex}"
+        with socket.create_connection(self.address, timeout=timeout) as sock:
+            sock.sendall(f"GET {marker} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            for _ in range(1000):
+                if not sock.recv(65536):
+                    break
+            else:
+                raise AssertionError("nginx kept the marker request's connection open")
+        with open(os.path.join(self.dir, "access.log")) as log:
+            lines = [line.split('"')[1] for line in log if '"' in line]
+        return [line for line in lines if marker not in line]
 
     def _signal(self, proc, sig):
         # start_new_session made the master the leader of its own group; the
