@@ -3,9 +3,12 @@
 An :class:`Attempt` drives one attempt generator on the loop thread: socket
 waits arm the poller, name lookups and other library work go to the worker
 pool, user code to the handle's user-code queue, and each result is sent
-back into the generator on the loop. The attempt's deadline is one real-time
-timer; cancelling closes the generator (which closes its sockets) and
-abandons a job still running.
+back into the generator on the loop. Deadlines of one length expire in the
+order they were set, so the attempts that share a timeout share one
+real-time timer (:class:`Deadlines`), not one heap entry each: a herd of a
+thousand attempts would otherwise fill the heap with cancelled deadlines.
+Cancelling closes the generator (which closes its sockets) and abandons a
+job still running.
 
 Everything here runs on the loop thread, except :meth:`Attempt.cancel`
 callers, who are on it too (clients call it from loop work only).
@@ -13,8 +16,10 @@ callers, who are on it too (clients call it from loop work only).
 
 from __future__ import annotations
 
+import collections
 import socket
 import ssl
+import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -29,7 +34,7 @@ if TYPE_CHECKING:
     from ._runtime import Runtime
     from ._seam import Steps
 
-__all__ = ["Attempt", "tls_handshake"]
+__all__ = ["Attempt", "Deadlines", "tls_handshake"]
 
 
 def tls_handshake(raw: socket.socket,
@@ -59,7 +64,7 @@ class Attempt:
     """One attempt generator driven on the loop thread."""
 
     __slots__ = ("_rt", "_stack", "_deliver", "_user", "_done", "_waiting_on", "_job",
-                 "_deadline")
+                 "_deadlines", "_entry")
 
     def __init__(self, runtime: Runtime, steps: Steps, timeout: float | None,
                  deliver: Callable[[Any, BaseException | None], None],
@@ -73,9 +78,14 @@ class Attempt:
         self._waiting_on: socket.socket | None = None  # the socket armed in the poller
         # (token, abandon) of the job or user call in flight.
         self._job: tuple[object, Callable[[], None]] | None = None
-        self._deadline: DelayedCall | None = None
+        self._deadlines: Deadlines | None = None
+        self._entry: list[Any] | None = None  # [when, self] in the deadlines' queue
         if timeout is not None:
-            self._deadline = runtime.clock.callLater(timeout, self._expire, timeout)
+            deadlines = runtime.deadlines.get(timeout)
+            if deadlines is None:
+                deadlines = runtime.deadlines[timeout] = Deadlines(runtime, timeout)
+            self._deadlines = deadlines
+            self._entry = deadlines.add(self)
 
     def start(self) -> None:
         self._step(None, None)
@@ -202,14 +212,86 @@ class Attempt:
             self._finish(None, exc)
 
     def _cancel_deadline(self) -> None:
-        deadline, self._deadline = self._deadline, None
-        if deadline is not None and deadline.active():
-            deadline.cancel()
+        entry, self._entry = self._entry, None
+        if entry is not None:
+            assert self._deadlines is not None
+            self._deadlines.done(entry)
 
     def _finish(self, sock: Any, exc: BaseException | None) -> None:
         self._done = True
         self._cancel_deadline()
         self._deliver(sock, exc)
+
+
+class Deadlines:
+    """The deadlines of the attempts with one timeout, on one runtime timer.
+
+    Set in start order with the same length, they expire in that order: a
+    queue of ``[when, attempt]`` entries, and one timer for the earliest
+    live one. An attempt that ends clears its entry (so the queue does not
+    keep it alive); cleared entries at the head are dropped at once. The
+    timer outlives an empty queue (one client retrying would otherwise set
+    and cancel a timer per attempt) until the runtime, with no user left,
+    drops it before it stops. Loop thread only."""
+
+    __slots__ = ("_rt", "_timeout", "_queue", "_timer", "_sweeping")
+
+    def __init__(self, runtime: Runtime, timeout: float) -> None:
+        self._rt = runtime
+        self._timeout = timeout
+        self._queue: collections.deque[list[Any]] = collections.deque()
+        self._timer: DelayedCall | None = None
+        self._sweeping = False
+
+    def __len__(self) -> int:
+        return sum(1 for entry in self._queue if entry[1] is not None)
+
+    def add(self, attempt: Attempt) -> list[Any]:
+        entry = [time.monotonic() + self._timeout, attempt]
+        self._queue.append(entry)
+        if self._timer is None and not self._sweeping:
+            self._timer = self._rt.schedule(entry[0], self._expire_due, (), {})
+        return entry
+
+    def done(self, entry: list[Any]) -> None:
+        # The timer stays when the queue empties: the next attempt reuses it
+        # (a timer that fires early just sets itself again for the earliest).
+        entry[1] = None
+        queue = self._queue
+        while queue and queue[0][1] is None:
+            queue.popleft()
+
+    def drop_idle_timer(self) -> None:
+        """The runtime is about to stop: cancel a timer no deadline needs."""
+        if not self._queue and self._timer is not None:
+            timer, self._timer = self._timer, None
+            if timer.active():
+                timer.cancel()
+
+    def _expire_due(self) -> None:
+        # An attempt that expires may start another (add) or end others
+        # (done): the timer is set again once, for the earliest left.
+        self._sweeping = True
+        queue = self._queue
+        now = time.monotonic()
+        try:
+            while queue:
+                entry = queue[0]
+                attempt = entry[1]
+                if attempt is not None and entry[0] > now:
+                    break
+                queue.popleft()
+                if attempt is not None:
+                    entry[1] = None
+                    attempt._entry = None
+                    attempt._expire(self._timeout)
+        finally:
+            self._sweeping = False
+            self._timer = None
+            while queue and queue[0][1] is None:
+                queue.popleft()
+            if queue:
+                self._timer = self._rt.schedule(queue[0][0], self._expire_due, (), {})
 
 
 _HANDLERS: dict[type, Callable[[Attempt, Any], tuple[bool, Any]]] = {

@@ -38,6 +38,7 @@ from ._workers import WorkerPool
 
 if TYPE_CHECKING:
     from .._timers import DelayedCall
+    from ._attempt import Deadlines
     from ._thread import ThreadClock, _Arming
 
 __all__ = ["Runtime", "READ", "WRITE", "READ_WRITE", "IDLE", "MAX_WORKERS"]
@@ -158,6 +159,8 @@ class Runtime:
             collections.deque())
         self._sleeping = False  # loop thread only (read racily by post())
         self.timers = TimerQueue(time.monotonic, on_earlier=self.wake)
+        # Attempt deadlines by timeout length (loop thread only; _attempt).
+        self.deadlines: dict[float, Deadlines] = {}
         self.workers = WorkerPool(MAX_WORKERS, self.post, WORKER_IDLE_TIMEOUT,
                                   MAX_WORKERS + MAX_ABANDONED, schedule=self._later)
         after_fork_in_child(self._reset_in_child, first=True)
@@ -321,6 +324,9 @@ class Runtime:
                 if i % _TIMER_CHECK_EVERY == _TIMER_CHECK_EVERY - 1:
                     self._run_due()
             self._run_due()
+            if self._users <= 0:
+                for deadlines in self.deadlines.values():
+                    deadlines.drop_idle_timer()
             with self._cond:
                 stop = self._users <= 0 and not ready and not len(timers)
                 if stop:

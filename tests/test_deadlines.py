@@ -1,0 +1,127 @@
+"""The thread backend's attempt deadlines: one timer per timeout length."""
+
+from rcf_sync import ReconnectingClient, ReconnectingClientFactory, State, TCPConnector
+from rcf_sync._backends._attempt import Deadlines
+from rcf_sync._backends._thread import get_runtime
+
+
+class _Timer:
+    def __init__(self, when):
+        self.when = when
+        self.cancelled = False
+
+    def active(self):
+        return not self.cancelled
+
+    def cancel(self):
+        self.cancelled = True
+
+
+class _Runtime:
+    """Records the timers a Deadlines asks for."""
+
+    def __init__(self):
+        self.timers = []
+
+    def schedule(self, when, fn, args, kw):
+        timer = _Timer(when)
+        self.timers.append(timer)
+        return timer
+
+    def active(self):
+        return [t for t in self.timers if t.active()]
+
+
+class _Attempt:
+    def __init__(self, name, expired, on_expire=None):
+        self.name = name
+        self._entry = None
+        self._expired = expired
+        self._on_expire = on_expire
+
+    def _expire(self, timeout):
+        self._expired.append((self.name, timeout))
+        if self._on_expire is not None:
+            self._on_expire()
+
+
+def _add(deadlines, attempt):
+    attempt._entry = deadlines.add(attempt)
+    return attempt._entry
+
+
+def test_attempts_of_one_timeout_share_one_timer():
+    """If three attempts with one timeout start and end, then one timer is set (for the first); the next attempt reuses it, and the runtime's stop drops it."""
+    rt, expired = _Runtime(), []
+    d = Deadlines(rt, 30.0)
+    entries = [_add(d, _Attempt(n, expired)) for n in "abc"]
+    assert len(rt.timers) == 1 and rt.timers[0].when == entries[0][0]
+    assert len(d) == 3
+    d.drop_idle_timer()  # deadlines pending: the timer stays
+    assert len(rt.active()) == 1
+    for entry in reversed(entries):
+        d.done(entry)
+    assert len(d) == 0 and expired == []
+    d.done(_add(d, _Attempt("d", expired)))
+    assert len(rt.timers) == 1
+    d.drop_idle_timer()
+    assert rt.active() == []
+
+
+def test_due_deadlines_expire_in_order_and_ended_ones_never():
+    """If deadlines are due, then their attempts expire in start order, an attempt that already ended does not, and no timer is left."""
+    rt, expired = _Runtime(), []
+    d = Deadlines(rt, 0.0)
+    _add(d, _Attempt("a", expired))
+    ended = _add(d, _Attempt("b", expired))
+    _add(d, _Attempt("c", expired))
+    d.done(ended)
+    d._expire_due()
+    assert expired == [("a", 0.0), ("c", 0.0)]
+    assert len(d) == 0 and len(rt.timers) == 1
+
+
+def test_a_sweep_before_the_head_is_due_sets_one_timer_for_it():
+    """If the timer fires before the earliest live deadline (its head had ended), then nothing expires and one new timer is set for that deadline."""
+    rt, expired = _Runtime(), []
+    d = Deadlines(rt, 60.0)
+    first = _add(d, _Attempt("a", expired))
+    second = _add(d, _Attempt("b", expired))
+    first[1] = None  # ended without telling: the sweep must skip it
+    d._expire_due()
+    assert expired == []
+    assert [t.when for t in rt.timers] == [first[0], second[0]]
+
+
+def test_an_expiry_that_starts_another_attempt_leaves_one_timer():
+    """If an expiring attempt starts a new one with the same timeout, then exactly one timer is pending afterwards, for the new deadline."""
+    rt, expired = _Runtime(), []
+    d = Deadlines(rt, 0.0)
+    started = []
+
+    def retry():
+        started.append(_add(d, _Attempt("retry", expired)))
+
+    _add(d, _Attempt("a", expired, on_expire=retry))
+    rt.timers.clear()
+    d._expire_due()
+    assert expired == [("a", 0.0)]
+    assert [t.when for t in rt.active()] == [started[0][0]]
+    assert len(d) == 1
+
+
+def test_refused_attempts_leave_no_deadlines_in_the_timer_heap(free_port, no_leaks):
+    """If a client makes 50 refused attempts (30 s attempt timeout) while a later timer is pending, then the runtime's timer heap does not keep a cancelled deadline for each attempt: behind a live timer they would stay there for 30 s, as they do in a herd of retrying clients."""
+    rt = get_runtime()
+    factory = ReconnectingClientFactory(initialDelay=0.001, maxDelay=0.001, jitter=0)
+    factory.maxRetries = 49
+    connector = TCPConnector("127.0.0.1", free_port, timeout=30)
+    with ReconnectingClient(connector, factory=factory, backend="thread") as c:
+        later = rt.clock.callLater(10, lambda: None)
+        try:
+            before = len(rt.timers._heap)
+            c.wait_state(State.STOPPED, timeout=20)
+            assert c.stats.connect_failures == 50
+            assert len(rt.timers._heap) - before < 10
+        finally:
+            later.cancel()
