@@ -247,7 +247,7 @@ class Deadlines:
         return sum(1 for entry in self._queue if entry[1] is not None)
 
     def add(self, attempt: Attempt) -> list[Any]:
-        entry = [time.monotonic() + self._timeout, attempt]
+        entry: list[Any] = [time.monotonic() + self._timeout, attempt]
         self._queue.append(entry)
         if self._timer is None and not self._sweeping:
             self._timer = self._rt.schedule(entry[0], self._expire_due, (), {})
