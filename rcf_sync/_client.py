@@ -264,8 +264,10 @@ class ReconnectingClient(ProtocolMode, Liveness, Handle):
             # Seen at once by whoever called connect() (a clock being advanced).
             if self._state in (State.WAITING, State.STOPPED) and self._conn is None:
                 self._set_state(Event.ATTEMPT)
-        # A retry firing on the loop starts its attempt at once, not a turn later.
-        self._soon_on_loop(self._attempt_now)
+        # Always a turn later, even from a retry timer on the loop: timers due
+        # together (a herd) then each cost a post, not a whole attempt, before
+        # the next one runs; the attempts follow in the order they were due.
+        self._backend.call_soon(self._attempt_now)
 
     def _connector_stop_connecting(self, connector: object) -> bool:
         with self._lock:
