@@ -24,6 +24,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Callable
 
 from .._steps import TLS, Adopt, Readable, Resolve, UserCall, Writable
+from ._base import delivered as _delivered
 from ._runtime import READ, WRITE
 
 if TYPE_CHECKING:
@@ -207,6 +208,7 @@ class Attempt:
                 pass
         if exc is None:
             self._done = True
+            self._deliver = _delivered
             self._cancel_deadline()
         else:
             self._finish(None, exc)
@@ -220,7 +222,15 @@ class Attempt:
     def _finish(self, sock: Any, exc: BaseException | None) -> None:
         self._done = True
         self._cancel_deadline()
-        self._deliver(sock, exc)
+        # Cycles would leave every finished attempt to the garbage collector
+        # (a herd makes thousands a second; full collections then stall the
+        # loop for tens of ms): the handle's record holds this attempt and
+        # ``deliver`` holds the record; a connect error's traceback holds the
+        # frames that hold the error. Neither is needed once delivered.
+        deliver, self._deliver = self._deliver, _delivered
+        if isinstance(exc, OSError):
+            exc.__traceback__ = None
+        deliver(sock, exc)
 
 
 class Deadlines:

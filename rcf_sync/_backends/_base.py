@@ -35,7 +35,7 @@ import ssl
 import sys
 from typing import Any, Callable
 
-__all__ = ["socket_is_patched", "original", "peer_gone", "log_negative_delay"]
+__all__ = ["socket_is_patched", "original", "peer_gone", "log_negative_delay", "delivered"]
 
 log = logging.getLogger("rcf_sync")
 
@@ -186,3 +186,9 @@ def _in_forked_child() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_in_forked_child)
+
+
+def delivered(sock: object, exc: BaseException | None) -> None:
+    """What a finished attempt holds instead of its ``deliver``: the handle's
+    callback keeps the handle's record of the attempt, which keeps the
+    attempt (a cycle per attempt otherwise)."""
