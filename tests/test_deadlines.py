@@ -1,4 +1,8 @@
-"""The thread backend's attempt deadlines: one timer per timeout length."""
+"""Attempts at scale: the thread backend's deadlines share one timer per
+timeout length, and no attempt leaves a reference cycle behind."""
+
+import collections
+import gc
 
 from rcf_sync import ReconnectingClient, ReconnectingClientFactory, State, TCPConnector
 from rcf_sync._backends._attempt import Deadlines
@@ -125,3 +129,40 @@ def test_refused_attempts_leave_no_deadlines_in_the_timer_heap(free_port, no_lea
             assert len(rt.timers._heap) - before < 10
         finally:
             later.cancel()
+
+
+# -- no garbage cycles per attempt ---------------------------------------------------
+
+
+def _cyclic_garbage(run):
+    """Run ``run()`` with the cyclic collector off; return what it then finds
+    unreachable (objects only a collection would have freed)."""
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        run()
+        gc.collect()
+        return list(gc.garbage)
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+
+
+def test_refused_attempts_leave_no_cyclic_garbage(kit, free_port, no_leaks):
+    """If a client makes 30 refused attempts, then none of them leaves objects that only the cyclic garbage collector could free (a herd would otherwise stall its loop in full collections)."""
+    factory = ReconnectingClientFactory(initialDelay=0.001, maxDelay=0.001, jitter=0)
+    factory.maxRetries = 29
+    c = ReconnectingClient(("127.0.0.1", free_port), factory=factory, backend=kit.name)
+    try:
+        def run():
+            c.start()
+            c.wait_state(State.STOPPED, timeout=20)
+        garbage = _cyclic_garbage(run)
+        assert c.stats.connect_failures == 30
+    finally:
+        c.close()
+    kinds = collections.Counter(type(o).__name__ for o in garbage)
+    assert kinds["ConnectionRefusedError"] == 0 and kinds["_Pending"] == 0, kinds.most_common(8)
+    assert len(garbage) < 30, kinds.most_common(8)
