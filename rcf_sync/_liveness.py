@@ -37,7 +37,7 @@ class Liveness(HandleParts):
 
     def _watch(self, conn: Connection) -> None:
         """Loop: start the idle watch of a new connection."""
-        conn.watch = self._backend.watch_idle(conn.sock, lambda: self._idle_event(conn))
+        conn.watch = self._backend.watch_idle(conn.sock, self._idle_event, conn)
 
     def _idle_event(self, conn: Connection) -> None:
         with self._lock:

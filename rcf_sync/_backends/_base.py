@@ -16,8 +16,8 @@ never imports ``threading`` or ``gevent``:
     drive a connection-attempt generator (see ``_connectors``); call
     ``deliver(sock, exc)`` on the loop when it ends; return a handle whose
     ``cancel()`` abandons it (closing any socket it made).
-``watch_idle(sock, callback)``
-    call ``callback()`` on the loop when the peer may have closed or reset
+``watch_idle(sock, callback, arg)``
+    call ``callback(arg)`` on the loop when the peer may have closed or reset
     ``sock``; returns a handle with ``pause()``, ``resume()``, ``close()``.
 ``call_later_real(seconds, fn)``
     a timer in real time, for attempt deadlines, independent of the client's

@@ -222,9 +222,10 @@ class _IdleWatch:
     """A read watcher on an idle connection, stopped while it is leased."""
 
     def __init__(self, backend: GeventBackend, sock: socket.socket,
-                 callback: Callable[[], None]) -> None:
+                 callback: Callable[[Any], None], arg: Any) -> None:
         self._backend = backend
         self._callback = callback
+        self._arg = arg
         self._watcher = backend._hub.loop.io(sock.fileno(), 1)
         self._watcher.start(self._fire)
 
@@ -232,7 +233,7 @@ class _IdleWatch:
         w = self._watcher
         if w is not None:
             w.stop()
-            guard(self._callback)
+            guard(self._callback, self._arg)
 
     def leased(self) -> None:
         if self._watcher is not None:
@@ -331,8 +332,9 @@ class GeventBackend:
         Returns a job with ``abandon()``."""
         return _Job(self, fn, args, deliver, threaded)
 
-    def watch_idle(self, sock: socket.socket, callback: Callable[[], None]) -> _IdleWatch:
-        return _IdleWatch(self, sock, callback)
+    def watch_idle(self, sock: socket.socket, callback: Callable[[Any], None],
+                   arg: Any) -> _IdleWatch:
+        return _IdleWatch(self, sock, callback, arg)
 
     def __repr__(self) -> str:
         return "<GeventBackend>"

@@ -135,7 +135,8 @@ class Backend(Protocol):
         """Run user code off the loop; ``deliver(result, exc)`` on the loop."""
         ...
 
-    def watch_idle(self, sock: socket.socket, callback: Callable[[], None]) -> IdleWatch: ...
+    def watch_idle(self, sock: socket.socket, callback: Callable[[Any], None],
+                   arg: Any) -> IdleWatch: ...
 
     def settle(self, timeout: float) -> None:
         """Wait (bounded) until what the backend cancelled is gone."""

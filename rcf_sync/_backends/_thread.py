@@ -97,16 +97,18 @@ class _Arming:
 
 
 class _IdleWatch:
-    """Calls ``callback()`` on the loop when an idle connection has bytes
+    """Calls ``callback(arg)`` on the loop when an idle connection has bytes
     nobody asked for or is closed by the peer. ``leased()`` and
     ``released()`` are called by the lease holder; the rest on the loop."""
 
-    __slots__ = ("_rt", "_sock", "_callback", "_armed", "_queued", "_closed", "_since")
+    __slots__ = ("_rt", "_sock", "_callback", "_arg", "_armed", "_queued", "_closed", "_since")
 
-    def __init__(self, runtime: Runtime, sock: socket.socket, callback: Callable[[], None]) -> None:
+    def __init__(self, runtime: Runtime, sock: socket.socket, callback: Callable[[Any], None],
+                 arg: Any) -> None:
         self._rt = runtime
         self._sock = sock
         self._callback = callback
+        self._arg = arg
         self._armed = False     # registered in the poller (loop only)
         self._queued = False    # waiting for an arming round
         self._closed = False
@@ -125,7 +127,7 @@ class _IdleWatch:
     def _fire(self) -> None:
         self._armed = False
         if not self._closed:
-            self._callback()
+            self._callback(self._arg)
 
     def _sweep(self, now: float) -> None:
         if self._closed or self._armed:
@@ -213,8 +215,9 @@ class ThreadBackend:
         loop. Returns a job with ``abandon()``."""
         return self._rt.workers.submit(fn, args, deliver)
 
-    def watch_idle(self, sock: socket.socket, callback: Callable[[], None]) -> _IdleWatch:
-        return _IdleWatch(self._rt, sock, callback)
+    def watch_idle(self, sock: socket.socket, callback: Callable[[Any], None],
+                   arg: Any) -> _IdleWatch:
+        return _IdleWatch(self._rt, sock, callback, arg)
 
     def settle(self, timeout: float) -> None:
         pass  # the loop closes what it cancels before it answers
