@@ -17,9 +17,11 @@ class _TrackingClock:
     ``reconnect_now()`` can cancel them (even a retry that ``resetDelay()``
     made the factory forget). Everything else is the wrapped clock's."""
 
+    __slots__ = ("_clock", "_calls", "_prune_at")
+
     def __init__(self, clock: IReactorTime[Any]) -> None:
         self._clock = clock
-        self._calls: list[_TrackedCall] = []
+        self._calls: list[_TrackedCall] | None = None  # made by the first callLater
         self._prune_at = 8
 
     def seconds(self) -> float:
@@ -29,6 +31,8 @@ class _TrackingClock:
                   **kw: object) -> _TrackedCall:
         call = _TrackedCall(self._clock.callLater(delay, fn, *args, **kw))
         calls = self._calls
+        if calls is None:
+            calls = self._calls = []
         calls.append(call)
         if len(calls) > self._prune_at:
             calls[:] = [c for c in calls if c.active()]
@@ -40,9 +44,9 @@ class _TrackingClock:
 
     def cancel_all(self) -> int:
         """Cancel every call still pending; return how many there were."""
-        calls, self._calls = self._calls, []
+        calls, self._calls = self._calls, None
         n = 0
-        for call in calls:
+        for call in calls or ():
             if call.active():
                 try:
                     call.cancel()
