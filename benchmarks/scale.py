@@ -9,7 +9,11 @@ child process:
   the loop thread, the hub, thread pools), then builds the N clients
   (factories) and times ``start()`` of all followed
   by ``wait_connected()`` on each (Twisted: N ``connectTCP`` until the N-th
-  ``connectionMade``);
+  ``connectionMade``); the ``-once`` contenders wait on the clients in
+  reverse order, so that the caller sleeps until the last is connected and
+  is woken about once rather than once per client: like Twisted's figure,
+  the time until all are connected, without a caller thread taking the
+  interpreter lock from the loop a thousand times on the way;
 * counts threads added (``threading.active_count()`` and kernel threads in
   /proc/self/task; rcf_sync's own threads from ``get_runtime().threads()``);
 * memory per client: VmRSS after all connected minus VmRSS before the
@@ -45,7 +49,7 @@ import time
 
 import _common as C
 
-CONTENDERS = ("thread", "gevent", "twisted")
+CONTENDERS = ("thread", "gevent", "twisted", "thread-once", "gevent-once")
 WARM = 10  # warm-up connections made before the baseline, in every contender
 SETTLE = 0.5  # seconds between "all connected" and the idle measurement
 
@@ -77,7 +81,7 @@ def child_rcf(args):
     for c in clients:
         c.start()
     deadline = t0 + args.connect_limit
-    for c in clients:
+    for c in (clients[::-1] if args.once else clients):
         c.wait_connected(timeout=max(0.0, deadline - time.perf_counter()))
     connect_s = time.perf_counter() - t0
     traced = None
@@ -291,7 +295,8 @@ def main():
                    help="skip the extra tracemalloc child per contender and N")
     args = p.parse_args()
     if args.child:
-        args.backend = args.child
+        args.backend, _, once = args.child.partition("-")
+        args.once = once == "once"
         args.idle = 5.0 if args.idle is None else args.idle
         return child_main(args)
 
@@ -390,18 +395,21 @@ def main():
         def verdict(ok):
             return "n/a" if ok is None else ("met" if ok else "NOT met")
         thr = row["bg"] or 0
+        # Issue 14: at or below Twisted on threads, within 1.2x on gevent.
+        limit = 1.2 if contender.startswith("gevent") else 1.0
         print(f"- {contender} N={n}: background threads {thr:.0f} (<= 8: {verdict(thr <= 8)}); "
               f"idle CPU {C.fmt(row['idle'])} % (<= 1 %: "
               f"{verdict(None if row['idle'] is None else row['idle'] <= 1.0)}); memory "
-              f"{C.fmt(row['kib_ratio'])}x Twisted (<= 2x: "
-              f"{verdict(None if row['kib_ratio'] is None else row['kib_ratio'] <= 2.0)}); "
-              f"connect-all {C.fmt(row['connect_ratio'])}x Twisted (<= 2x: "
-              f"{verdict(None if row['connect_ratio'] is None else row['connect_ratio'] <= 2.0)})")
+              f"{C.fmt(row['kib_ratio'])}x Twisted (<= {limit:g}x: "
+              f"{verdict(None if row['kib_ratio'] is None else row['kib_ratio'] <= limit)}); "
+              f"connect-all {C.fmt(row['connect_ratio'])}x Twisted (<= {limit:g}x: "
+              f"{verdict(None if row['connect_ratio'] is None else row['connect_ratio'] <= limit)})")
     if failures:
         print("\n## Failures\n")
         for f in failures:
             print(f"- {f}")
-    print("\nconnect all: start() of every client then wait_connected() on each (Twisted: first "
+    print("\nconnect all: start() of every client then wait_connected() on each, in start order "
+          "(-once: in reverse order, so the caller is woken about once) (Twisted: first "
           "connectTCP to last connectionMade); threads +: threading.active_count() delta (under "
           "gevent's patching it counts greenlet-threads); kernel threads +: /proc/self/task delta "
           "over the N clients (after the warm-up); background threads: kernel threads of the "

@@ -131,19 +131,24 @@ class ProtocolMode(HandleParts):
     # -- loop side -------------------------------------------------------------------
 
     def _steps(self, pending: _Pending) -> Generator[Step, Any, Any]:
-        sock = yield from super()._steps(pending)
-        if self._proto_mode:
-            try:
-                addr = peer_address(sock)
-                pending.protocol = yield UserCall(self.factory.buildProtocol, addr)
-            except BaseException as exc:
-                if isinstance(exc, Exception):  # not a cancellation
-                    # As Twisted: logged, closed in order, a failed attempt.
-                    log.error("%s: %s.buildProtocol() raised %s: %s; the attempt failed",
-                              self.name, type(self.factory).__name__, type(exc).__name__, exc,
-                              exc_info=(type(exc), exc, exc.__traceback__))
-                _close_in_order(sock)
-                raise
+        # Handle mode: the handle's steps as they are, no generator around them.
+        steps = super()._steps(pending)
+        return self._protocol_steps(steps, pending) if self._proto_mode else steps
+
+    def _protocol_steps(self, steps: Generator[Step, Any, Any],
+                        pending: _Pending) -> Generator[Step, Any, Any]:
+        sock = yield from steps
+        try:
+            addr = peer_address(sock)
+            pending.protocol = yield UserCall(self.factory.buildProtocol, addr)
+        except BaseException as exc:
+            if isinstance(exc, Exception):  # not a cancellation
+                # As Twisted: logged, closed in order, a failed attempt.
+                log.error("%s: %s.buildProtocol() raised %s: %s; the attempt failed",
+                          self.name, type(self.factory).__name__, type(exc).__name__, exc,
+                          exc_info=(type(exc), exc, exc.__traceback__))
+            _close_in_order(sock)
+            raise
         return sock
 
     def _protocol_built(self, pending: _Pending, sock: socket.socket) -> None:

@@ -65,6 +65,43 @@ class ThreadClock:
         return self._runtime.timers.pending()
 
 
+class OneShotEvent:
+    """The thread backend's event: set once, waited on by any number of
+    threads. ``threading.Event`` builds a ``Condition`` per event and a lock
+    per wait; a handle makes an event for every change a caller waits on
+    (a thousand clients connecting, a lease queued), so this one is a single
+    lock held until :meth:`set` and handed on by each waiter it wakes."""
+
+    __slots__ = ("_lock", "_flag")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        if not self._flag:
+            self._flag = True
+            self._release()
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once set; False if ``timeout`` seconds passed first."""
+        if self._flag:
+            return True
+        if self._lock.acquire(True, -1 if timeout is None else max(0.0, timeout)):
+            self._release()  # wake the next waiter
+        return self._flag
+
+    def _release(self) -> None:
+        try:
+            self._lock.release()
+        except RuntimeError:  # two set() at once, or a waiter after one of them
+            pass
+
+
 class _Arming:
     """Arms, from the loop, the idle watches released since the last round."""
 
@@ -175,8 +212,8 @@ class ThreadBackend:
     def lock(self) -> Lock:
         return threading.Lock()
 
-    def event(self) -> threading.Event:
-        return threading.Event()
+    def event(self) -> OneShotEvent:
+        return OneShotEvent()
 
     thread_ident = staticmethod(threading.get_ident)
 
