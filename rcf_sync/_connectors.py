@@ -307,6 +307,10 @@ class _SocketConnector(Connector):
         raise last_error
 
 
+#: Keepalive timings left to the system (shared: most connectors have them).
+_SYSTEM_KEEPALIVE: tuple[int | None, int | None, int | None] = (None, None, None)
+
+
 class TCPConnector(_SocketConnector):
     """Connect over TCP to ``host:port``.
 
@@ -350,7 +354,8 @@ class TCPConnector(_SocketConnector):
         self._ssl_context = ssl_context
         self._socket_options = _check_options(socket_options)
         self.keepalive = bool(keepalive)
-        self._keepalive = (keepalive_idle, keepalive_interval, keepalive_count)
+        settings = (keepalive_idle, keepalive_interval, keepalive_count)
+        self._keepalive = _SYSTEM_KEEPALIVE if settings == _SYSTEM_KEEPALIVE else settings
         # The addresses, when host is an IP literal (empty: it is not).
         self._numeric: Sequence[_Address] | None = None
 

@@ -157,7 +157,7 @@ class _IdleWatch:
         if not self._closed and not self._armed:
             self._armed = True
             try:
-                self._rt.arm(self._sock, IDLE, self._fire)
+                self._rt.arm(self._sock, IDLE, self)  # calls _fire: no bound method kept
             except (OSError, ValueError):
                 self._fire()
 
@@ -165,6 +165,8 @@ class _IdleWatch:
         self._armed = False
         if not self._closed:
             self._callback(self._arg)
+
+    __call__ = _fire
 
     def _sweep(self, now: float) -> None:
         if self._closed or self._armed:
