@@ -20,7 +20,7 @@ import socket
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
-    from ._backends._seam import Abandonable, Backend, Event
+    from ._backends._seam import Abandonable, Backend, Event, Lock
 
 #: ``then(result, exc)``, run on the loop after the call.
 Then = Callable[[Any, "BaseException | None"], None]
@@ -43,9 +43,11 @@ class UserCode:
 
     __slots__ = ("_backend", "_lock", "_queue", "_running", "_drained")
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, lock: Lock) -> None:
         self._backend = backend
-        self._lock = backend.lock()         # guards the three fields below
+        # Guards the three fields below: the handle's lock, never held by
+        # the handle when it calls in here (nor by this queue when it calls out).
+        self._lock = lock
         self._queue: collections.deque[_Call] | None = None  # calls waiting their turn
         self._running: _Call | None = None  # the call running now
         self._drained: Event | None = None  # event for wait_drained(), made on demand
@@ -132,9 +134,10 @@ class UserCode:
         if nxt is not None:
             self._start(nxt)
 
-    def reset_after_fork(self) -> None:
-        """In a forked child: the parent's calls do not run here."""
-        self._lock = self._backend.lock()
+    def reset_after_fork(self, lock: Lock) -> None:
+        """In a forked child: the parent's calls do not run here; ``lock``
+        is the handle's new one."""
+        self._lock = lock
         self._queue = None
         self._running = None
 

@@ -66,5 +66,5 @@ class ForkSafe(HandleParts):
         self._waiters = 0
         self._waiting_seen = None
         self._leases.clear()
-        self._user.reset_after_fork()
+        self._user.reset_after_fork(self._lock)
         self._revive = not self._closed and self._state is not State.IDLE

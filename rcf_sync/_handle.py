@@ -119,13 +119,13 @@ class Handle(Leasing, RunsUserCode, ForkSafe):
         self._pauses = self._backend.name == "gevent"  # its idle watch stops during leases
         self._ours = _ours_to_run(factory)  # factory methods safe to run inline
         self._trusted = len(self._ours) == len(_FACTORY_CALLS) - 1  # all but buildProtocol
-        self._user = UserCode(self._backend)
         self._factory_clock = None   # loop: the _TrackingClock while running
         self._saved_clock = factory_clock
         self._stamp_use = False      # keep conn.idle_since (for a heartbeat)
         self._keeps_idle = False     # a released connection goes to _returned_locked
         # Under the lock:
         self._lock = self._backend.lock()
+        self._user = UserCode(self._backend, self._lock)  # its fields under this lock too
         self._changed = None         # broadcast event for state waiters, made on demand
         self._waiters = 0            # callers in _wait()
         self._waiting_seen = None    # event for wait_waiting(), made on demand
