@@ -62,8 +62,9 @@ class _Poller:
     """One-shot readiness notifications."""
 
     def __init__(self) -> None:
-        self._callbacks: dict[int, Callable[[], None]] = {}
-        self._registered: set[int] = set()  # fds known to the epoll instance
+        # Every fd known to the epoll instance, with the callback it is armed
+        # for (None: a one-shot that fired, still registered).
+        self._callbacks: dict[int, Callable[[], None] | None] = {}
         self._epoll: Any
         self._selector: Any
         if hasattr(select, "epoll"):
@@ -84,10 +85,11 @@ class _Poller:
                            IDLE: selectors.EVENT_READ}
 
     def arm(self, fd: int, kind: str, callback: Callable[[], None]) -> None:
-        self._callbacks[fd] = callback
         mask = self._masks[kind]
         if self._epoll is not None:
-            if fd in self._registered:  # a one-shot that fired: re-arm
+            registered = fd in self._callbacks
+            self._callbacks[fd] = callback
+            if registered:  # a one-shot that fired: re-arm
                 try:
                     self._epoll.modify(fd, mask)
                     return
@@ -97,8 +99,8 @@ class _Poller:
                 self._epoll.register(fd, mask)
             except FileExistsError:  # registered by a socket we saw no close of
                 self._epoll.modify(fd, mask)
-            self._registered.add(fd)
         else:  # pragma: no cover
+            self._callbacks[fd] = callback
             try:
                 self._selector.modify(fd, mask)
             except KeyError:
@@ -106,7 +108,6 @@ class _Poller:
 
     def forget(self, fd: int) -> None:
         self._callbacks.pop(fd, None)
-        self._registered.discard(fd)
         if self._epoll is not None:
             try:
                 self._epoll.unregister(fd)
@@ -123,9 +124,11 @@ class _Poller:
         (each disarmed)."""
         ready = []
         if self._epoll is not None:
+            callbacks = self._callbacks
             for fd, _ in self._epoll.poll(-1 if timeout is None else timeout):
-                cb = self._callbacks.pop(fd, None)
+                cb = callbacks.get(fd)
                 if cb is not None:
+                    callbacks[fd] = None  # disarmed, still registered
                     ready.append(cb)
         else:  # pragma: no cover
             for key, _ in self._selector.select(timeout):
