@@ -70,14 +70,16 @@ def _new_poll() -> Any:
 class Connection:
     """A live connection of a client or pool (not public)."""
 
-    __slots__ = ("sock", "session", "serial", "owner", "doomed", "stream", "watch",
+    __slots__ = ("sock", "session", "serial", "handle", "owner", "doomed", "stream", "watch",
                  "heartbeat", "idle_since", "_poll", "_pending")
 
-    def __init__(self, sock: socket.socket, serial: int, session: object = None) -> None:
+    def __init__(self, sock: socket.socket, serial: int, session: object = None,
+                 handle: Any = None, stamp: bool = False) -> None:
         # Immutable after creation:
         self.sock = sock
         self.session: Any = sock if session is None else session  # what a lease hands out
         self.serial = serial
+        self.handle = handle    # the client or pool it belongs to (its idle watch calls it)
         # Under the handle's lock:
         self.owner = Owner.IDLE
         self.doomed: BaseException | None = None  # discard with it when the lease ends
@@ -85,8 +87,9 @@ class Connection:
         # Loop only (set right after creation, cleared on close):
         self.watch: IdleWatch | None = None
         self.heartbeat: IDelayedCall | Cancellable | None = None  # timer, or beat running
-        # Written by the lease holder at release, read by the heartbeat:
-        self.idle_since = time.monotonic()
+        # Written by the lease holder at release, read by the heartbeat (only
+        # a handle with a heartbeat stamps it):
+        self.idle_since = time.monotonic() if stamp else 0.0
         self._poll: Any = None  # lease_check's poll object, made on first use
         # TLS: bytes already decrypted wait in the SSL object, not the kernel.
         self._pending: Callable[[], int] | None = getattr(sock, "pending", None)

@@ -330,7 +330,7 @@ class Handle(Leasing, RunsUserCode, ForkSafe):
     def _new_connection_locked(self, sock: socket.socket, session: object = None) -> Connection:
         self._serial += 1
         self._stats.connects += 1
-        return Connection(sock, self._serial, session)
+        return Connection(sock, self._serial, session, self, self._stamp_use)
 
     def _track_factory_clock(self) -> None:
         self._factory_clock = _TrackingClock(self.clock)

@@ -30,6 +30,11 @@ from ._steps import UserCall
 __all__ = ["Liveness"]
 
 
+
+def _idle_event_of(conn: Connection) -> None:
+    # One function for every idle watch: no bound method held per connection.
+    conn.handle._idle_event(conn)
+
 class Liveness(HandleParts):
     """Mixin for handles (uses the handle's lock, backend and losses)."""
 
@@ -37,7 +42,7 @@ class Liveness(HandleParts):
 
     def _watch(self, conn: Connection) -> None:
         """Loop: start the idle watch of a new connection."""
-        conn.watch = self._backend.watch_idle(conn.sock, self._idle_event, conn)
+        conn.watch = self._backend.watch_idle(conn.sock, _idle_event_of, conn)
 
     def _idle_event(self, conn: Connection) -> None:
         with self._lock:
