@@ -3,6 +3,9 @@ timeout length, and no attempt leaves a reference cycle behind."""
 
 import collections
 import gc
+import socket
+
+from conftest import echo
 
 from rcf_sync import ReconnectingClient, ReconnectingClientFactory, State, TCPConnector
 from rcf_sync._backends._attempt import Deadlines
@@ -166,3 +169,24 @@ def test_refused_attempts_leave_no_cyclic_garbage(kit, free_port, no_leaks):
     kinds = collections.Counter(type(o).__name__ for o in garbage)
     assert kinds["ConnectionRefusedError"] == 0 and kinds["_Pending"] == 0, kinds.most_common(8)
     assert len(garbage) < 30, kinds.most_common(8)
+
+
+def test_connections_lost_and_remade_leave_no_cyclic_garbage(kit, server, no_leaks):
+    """If the server drops a client's connection 10 times and the client reconnects each time, then no connection, attempt or loss leaves objects that only the cyclic garbage collector could free."""
+    factory = ReconnectingClientFactory(initialDelay=0.001, maxDelay=0.001, jitter=0)
+    c = ReconnectingClient(server.address, factory=factory, backend=kit.name)
+    try:
+        def run():
+            c.start()
+            for _ in range(10):
+                assert c.call(echo, b"x", timeout=10) == b"x"
+                assert kit.block(server.wait_accepted, c.stats.connects, 5)
+                server.drop_all()
+            assert c.call(echo, b"last", timeout=10) == b"last"
+        garbage = _cyclic_garbage(run)
+        assert c.stats.connects >= 11
+    finally:
+        c.close()
+    ours = [o for o in garbage if type(o).__module__.startswith("rcf_sync")
+            or isinstance(o, (ConnectionError, socket.socket))]
+    assert ours == [], collections.Counter(type(o).__name__ for o in ours).most_common(8)
