@@ -306,5 +306,6 @@ class Leasing(HandleParts):
         """Lock held: something waiters care about changed."""
         self._stats.last_change = self.clock.seconds()
         if self._waiters or self._leases:
+            wake = self._backend.wake
             for event in self._wake_all_locked():
-                event.set()
+                wake(event)

@@ -67,3 +67,28 @@ def test_concurrent_sets_and_waits_never_raise():
             t.join(10)
     assert errors == []
     assert seen == [True] * 800
+
+
+def test_a_wake_on_the_loop_waits_for_the_end_of_its_slice(no_leaks):
+    """If loop work wakes a waiter through the runtime, then the event is set once that slice of work is done, not in the middle of it, and the waiter sees it."""
+    from rcf_sync._backends._thread import get_runtime
+
+    rt = get_runtime()
+    event, seen_inside, done = OneShotEvent(), [], threading.Event()
+
+    def on_loop():
+        rt.wake_soon(event)
+        seen_inside.append(event.is_set())
+        done.set()
+
+    rt.acquire()
+    try:
+        rt.post(on_loop)
+        assert event.wait(10)
+        assert done.wait(10)
+        assert seen_inside == [False]
+        other = OneShotEvent()
+        rt.wake_soon(other)  # not on the loop: set at once
+        assert other.is_set()
+    finally:
+        rt.release()

@@ -306,6 +306,9 @@ class GeventBackend:
     def in_loop(self) -> bool:
         return gevent.getcurrent() is self._hub
 
+    def wake(self, event: Any) -> None:
+        event.set()  # a waiting greenlet runs only when the hub gets to it anyway
+
     def call_soon(self, fn: Callable[..., object], *args: Any) -> None:
         if _get_ident() == self._hub_thread:
             self._hub.loop.run_callback(guard, fn, *args)

@@ -161,6 +161,7 @@ class Runtime:
         self._ready: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]] = (
             collections.deque())
         self._sleeping = False  # loop thread only (read racily by post())
+        self._wakes: list[Any] = []  # loop thread only: events to set after this slice
         self.timers = TimerQueue(time.monotonic, on_earlier=self.wake)
         # Attempt deadlines by timeout length (loop thread only; _attempt).
         self.deadlines: dict[float, Deadlines] = {}
@@ -231,6 +232,7 @@ class Runtime:
         self._wake_r = self._wake_w = None
         self._thread = None
         self._ready = collections.deque()
+        self._wakes = []
         self.timers.reset_lock()
         self.workers.reset_after_fork()
 
@@ -362,6 +364,24 @@ class Runtime:
         # meanwhile late by the whole burst: they run between its slices.
         for call in self.timers.pop_due(time.monotonic()):
             guard(call)
+        self._set_wakes()
+
+    def wake_soon(self, event: Any) -> None:
+        """Set ``event`` now, or, on the loop, at the end of the current slice
+        of its work: a caller waiting on each of a thousand clients in turn
+        is then woken once per slice, not once per client (each wake-up
+        takes the interpreter lock from the loop and gives it back)."""
+        if threading.current_thread() is self._thread:
+            self._wakes.append(event)
+        else:
+            event.set()
+
+    def _set_wakes(self) -> None:
+        wakes = self._wakes
+        if wakes:
+            self._wakes = []
+            for event in wakes:
+                event.set()
 
     def _stop_locked(self) -> None:
         for obj in (self._poller, self._wake_r, self._wake_w):

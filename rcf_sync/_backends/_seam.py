@@ -118,6 +118,11 @@ class Backend(Protocol):
 
     def in_loop(self) -> bool: ...
 
+    def wake(self, event: Event) -> None:
+        """Set ``event``, for a waiter to see a change: the loop may gather
+        its wake-ups and set them at the end of its current slice of work."""
+        ...
+
     def call_later_real(self, seconds: float, fn: Callable[..., object],
                         *args: object) -> IDelayedCall:
         """A timer in real time, whatever the handle's back-off clock."""

@@ -28,7 +28,7 @@ from ._runtime import IDLE, MAX_WORKERS, Runtime
 if TYPE_CHECKING:
     from .._callbacks import UserCode
     from .._timers import DelayedCall
-    from ._seam import Deliver, Lock, Steps
+    from ._seam import Deliver, Event, Lock, Steps
     from ._workers import Job
 
 __all__ = ["ThreadBackend", "ThreadClock", "get_runtime", "shared_backend", "MAX_WORKERS"]
@@ -236,6 +236,9 @@ class ThreadBackend:
 
     def in_loop(self) -> bool:
         return self._rt.in_loop()
+
+    def wake(self, event: Event) -> None:
+        self._rt.wake_soon(event)
 
     def call_later_real(self, seconds: float, fn: Callable[..., object],
                         *args: object) -> DelayedCall:
