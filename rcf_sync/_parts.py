@@ -1,7 +1,8 @@
 """What the parts of a handle may rely on of one another.
 
 A client or pool is put together from parts (``Handle`` and the mixins of
-``_usercode``, ``_fork``, ``_liveness`` and ``_protocol_mode``). They share
+``_usercode``, ``_fork``, ``_liveness`` and ``_protocol_mode``; the client's
+loop side is ``_client_loop``). They share
 the fields below, set in ``Handle.__init__`` (and the client's or pool's),
 and call one another's methods. This base declares both for type checkers
 only: at run time it is an empty class with empty ``__slots__``.
