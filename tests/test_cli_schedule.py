@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from rcf_sync._cli import format_seconds, main, parse_host_port
+from rcf_sync._cli import main, parse_host_port
+from rcf_sync._cli_output import format_seconds
 
 E = 2.7182818284590451
 TWISTED_JITTER = 0.119626565582
