@@ -7,7 +7,7 @@ import socket
 import threading
 from typing import TYPE_CHECKING
 
-from ._proxy import _loopback_host
+from ._proxy_parts import _loopback_host
 
 if TYPE_CHECKING:
     from typing_extensions import Self
