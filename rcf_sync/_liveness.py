@@ -30,10 +30,10 @@ from ._steps import UserCall
 __all__ = ["Liveness"]
 
 
-
 def _idle_event_of(conn: Connection) -> None:
     # One function for every idle watch: no bound method held per connection.
     conn.handle._idle_event(conn)
+
 
 class Liveness(HandleParts):
     """Mixin for handles (uses the handle's lock, backend and losses)."""

@@ -24,6 +24,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Callable
 
 from .._steps import TLS, Adopt, Readable, Resolve, UserCall, Writable
+from ._base import deliver_once
 from ._base import delivered as _delivered
 from ._runtime import READ, WRITE
 
@@ -222,15 +223,7 @@ class Attempt:
     def _finish(self, sock: Any, exc: BaseException | None) -> None:
         self._done = True
         self._cancel_deadline()
-        # Cycles would leave every finished attempt to the garbage collector
-        # (a herd makes thousands a second; full collections then stall the
-        # loop for tens of ms): the handle's record holds this attempt and
-        # ``deliver`` holds the record; a connect error's traceback holds the
-        # frames that hold the error. Neither is needed once delivered.
-        deliver, self._deliver = self._deliver, _delivered
-        if isinstance(exc, OSError):
-            exc.__traceback__ = None
-        deliver(sock, exc)
+        deliver_once(self, sock, exc)
 
 
 class Deadlines:
@@ -267,6 +260,9 @@ class Deadlines:
         # The timer stays when the queue empties: the next attempt reuses it
         # (a timer that fires early just sets itself again for the earliest).
         entry[1] = None
+        self._trim()
+
+    def _trim(self) -> None:
         queue = self._queue
         while queue and queue[0][1] is None:
             queue.popleft()
@@ -298,8 +294,7 @@ class Deadlines:
         finally:
             self._sweeping = False
             self._timer = None
-            while queue and queue[0][1] is None:
-                queue.popleft()
+            self._trim()
             if queue:
                 self._timer = self._rt.schedule(queue[0][0], self._expire_due, (), {})
 

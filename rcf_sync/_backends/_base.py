@@ -18,7 +18,8 @@ never imports ``threading`` or ``gevent``:
     ``cancel()`` abandons it (closing any socket it made).
 ``watch_idle(sock, callback, arg)``
     call ``callback(arg)`` on the loop when the peer may have closed or reset
-    ``sock``; returns a handle with ``pause()``, ``resume()``, ``close()``.
+    ``sock``; returns a handle with ``leased()``, ``released()``, ``rearm()``,
+    ``abandon()`` and ``close()``.
 ``call_later_real(seconds, fn)``
     a timer in real time, for attempt deadlines, independent of the client's
     (possibly fake) back-off clock.
@@ -35,7 +36,8 @@ import ssl
 import sys
 from typing import Any, Callable
 
-__all__ = ["socket_is_patched", "original", "peer_gone", "log_negative_delay", "delivered"]
+__all__ = ["socket_is_patched", "original", "peer_gone", "log_negative_delay", "delivered",
+           "deliver_once"]
 
 log = logging.getLogger("rcf_sync")
 
@@ -192,3 +194,16 @@ def delivered(sock: object, exc: BaseException | None) -> None:
     """What a finished attempt holds instead of its ``deliver``: the handle's
     callback keeps the handle's record of the attempt, which keeps the
     attempt (a cycle per attempt otherwise)."""
+
+
+def deliver_once(attempt: Any, sock: object, exc: BaseException | None) -> None:
+    """Hand an ended attempt's outcome to its ``_deliver``, leaving no cycle
+    to the garbage collector (a herd ends thousands a second; full
+    collections then stall the loop for tens of ms): the attempt drops its
+    callback (see :func:`delivered`), and a connect error of ours drops its
+    traceback, whose frames hold the error. User exceptions keep theirs for
+    the log."""
+    deliver, attempt._deliver = attempt._deliver, delivered
+    if isinstance(exc, OSError):
+        exc.__traceback__ = None
+    deliver(sock, exc)

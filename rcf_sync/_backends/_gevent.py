@@ -32,8 +32,7 @@ except ImportError as exc:  # pragma: no cover - exercised without gevent only
     ) from exc
 
 from .._steps import TLS, Adopt, Readable, Resolve, UserCall, Writable
-from ._base import delivered as _delivered
-from ._base import guard, socket_is_patched
+from ._base import deliver_once, guard, socket_is_patched
 from ._gevent_clock import GeventClock, _get_ident, _RealLock
 
 if TYPE_CHECKING:
@@ -140,21 +139,12 @@ class _Attempt:
             if isinstance(exc, _GTimeout):
                 exc = self._timed_out()
             if not self._cancelled:
-                self._deliver_once(None, exc)
+                deliver_once(self, None, exc)
             return
         if self._cancelled:
             sock.close()
         else:
-            self._deliver_once(sock, None)
-
-    def _deliver_once(self, sock: Any, exc: BaseException | None) -> None:
-        # No cycles left to the garbage collector (see the thread backend's
-        # Attempt._finish): the record holding this attempt is held by
-        # deliver, a connect error's traceback holds frames holding it.
-        deliver, self._deliver = self._deliver, _delivered
-        if isinstance(exc, OSError):
-            exc.__traceback__ = None
-        deliver(sock, exc)
+            deliver_once(self, sock, None)
 
     def _timed_out(self) -> TimeoutError:
         return TimeoutError(f"timed out after {self._timeout:g}s")

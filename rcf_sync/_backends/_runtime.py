@@ -361,7 +361,8 @@ class Runtime:
 
     def _run_due(self) -> None:
         # A burst of work (a thousand attempts) must not make every timer due
-        # meanwhile late by the whole burst: they run between its slices.
+        # meanwhile late by the whole burst: they run between its slices,
+        # and the wake-ups the slice gathered (wake_soon) are set.
         for call in self.timers.pop_due(time.monotonic()):
             guard(call)
         self._set_wakes()
@@ -371,7 +372,7 @@ class Runtime:
         of its work: a caller waiting on each of a thousand clients in turn
         is then woken once per slice, not once per client (each wake-up
         takes the interpreter lock from the loop and gives it back)."""
-        if threading.current_thread() is self._thread:
+        if self.in_loop():
             self._wakes.append(event)
         else:
             event.set()
