@@ -38,9 +38,27 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 HOST = "127.0.0.1"
 
+#: The 64-byte message of the round-trip benchmarks, and its length.
+MSG = b"x" * 64
+SIZE = len(MSG)
+
 # Measure the checkout these scripts live in, installed or not.
 if REPO not in sys.path:
     sys.path.insert(1 if sys.path and sys.path[0] == HERE else 0, REPO)
+
+
+def roundtrip(sock):
+    """One echo round trip of :data:`MSG` on a blocking socket."""
+    sock.sendall(MSG)
+    got = sock.recv(SIZE)
+    for _ in range(SIZE):
+        if len(got) >= SIZE:
+            return got
+        chunk = sock.recv(SIZE - len(got))
+        if not chunk:
+            raise ConnectionResetError("echo server closed the connection")
+        got += chunk
+    return got
 
 
 def watchdog(seconds):

@@ -36,24 +36,7 @@ import pstats
 import time
 
 import _common as C
-
-MSG = b"x" * 64
-SIZE = len(MSG)
-
-
-def roundtrip(sock):
-    """One echo round trip on a blocking socket."""
-    sock.sendall(MSG)
-    got = sock.recv(SIZE)
-    for _ in range(SIZE):
-        if len(got) >= SIZE:
-            return got
-        chunk = sock.recv(SIZE - len(got))
-        if not chunk:
-            raise ConnectionResetError("echo server closed the connection")
-        got += chunk
-    return got
-
+from _common import MSG, SIZE, roundtrip
 
 # -- variants ------------------------------------------------------------------------
 

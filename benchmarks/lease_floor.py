@@ -38,22 +38,7 @@ import threading
 import time
 
 import _common as C
-
-MSG = b"x" * 64
-SIZE = len(MSG)
-
-
-def roundtrip(sock):
-    sock.sendall(MSG)
-    got = sock.recv(SIZE)
-    for _ in range(SIZE):
-        if len(got) >= SIZE:
-            return got
-        chunk = sock.recv(SIZE - len(got))
-        if not chunk:
-            raise ConnectionResetError("echo server closed the connection")
-        got += chunk
-    return got
+from _common import roundtrip
 
 
 class Minimal:

@@ -50,6 +50,18 @@ def lateness(due, actual):
     return out
 
 
+def run_period(clients, duration):
+    """Start the clients and let them retry for ``duration`` seconds; return
+    the process CPU (% of one core) and the failed attempts counted."""
+    c0 = time.process_time()
+    w0 = time.perf_counter()
+    for c in clients:
+        c.start()
+    time.sleep(duration)
+    cpu = (time.process_time() - c0) / (time.perf_counter() - w0) * 100
+    return cpu, sum(c.stats.connect_failures for c in clients)
+
+
 def child_rcf_own(args):
     """The library's own factory and connector (no subclass, so no user code
     to isolate): due and run times recorded by a clock wrapping the
@@ -90,13 +102,7 @@ def child_rcf_own(args):
         clients.append(ReconnectingClient(TCPConnector(C.HOST, args.port, timeout=5),
                                           factory=ReconnectingClientFactory(**POLICY),
                                           backend=backend, clock=RecordingClock(i)))
-    c0 = time.process_time()
-    w0 = time.perf_counter()
-    for c in clients:
-        c.start()
-    time.sleep(args.duration)
-    cpu = (time.process_time() - c0) / (time.perf_counter() - w0) * 100
-    attempts = sum(c.stats.connect_failures for c in clients)
+    cpu, attempts = run_period(clients, args.duration)
     # What close() lets through afterwards is not part of the run.
     # (The recording clocks hold the inner lists, so these copies stay put.)
     due, ran = [list(x) for x in due], [list(x) for x in ran]
@@ -148,13 +154,7 @@ def child_rcf(args):
         conn = RecordingConnector(C.HOST, args.port, timeout=5)
         conn.index = i
         clients.append(ReconnectingClient(conn, factory=f, backend=args.backend))
-    c0 = time.process_time()
-    w0 = time.perf_counter()
-    for c in clients:
-        c.start()
-    time.sleep(args.duration)
-    cpu = (time.process_time() - c0) / (time.perf_counter() - w0) * 100
-    attempts = sum(c.stats.connect_failures for c in clients)
+    cpu, attempts = run_period(clients, args.duration)
     # What close() lets through afterwards is not part of the run.
     # (New names: the recording methods above append through these names.)
     due_run, ran_run, began_run = ([list(x) for x in due], [list(x) for x in ran],
