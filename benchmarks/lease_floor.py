@@ -10,20 +10,19 @@ Part 1, no I/O (thread backend, caller CPU ``time.thread_time()`` and wall
   use) and reused (one instance entered again and again);
 * ``with client.connection(): pass`` and ``client.call(noop)``;
 * the same lease with single steps replaced in this process only (never in
-  ``rcf_sync/``), to price each: the lease-time check (``lease_check``) made
-  a no-op, or gated (skipped when the connection was released less than
-  ``--window`` seconds ago: the idle watch already stamps the release time),
-  the entry check (``_enter``), the idle watch's ``released()``, and a
-  *flattened* lease: the same work on the usual path (one lock block to
-  take, the check, ``gettimeout()``, one lock block to give back, the idle
-  watch) written as one context manager with no method layers, to show what
-  the layers cost; and a model (not the library) where the exclusive use of
-  the connection is a lock of its own, taken without blocking at lease and
-  released at its end, with the gated check.
+  ``rcf_sync/``), to price each: the kernel check made to run on every
+  lease (``RECHECK_AFTER = 0``: what a lease cost before the hot path
+  skipped it for a connection its caller gave back an instant ago), the hot
+  path turned off (every lease through ``_acquire``/``_release``, two lock
+  blocks), and the idle watch's ``released()`` made a no-op;
+* the pieces alone: ``poll(0)``, the cheapest ``getsockopt`` queries, the
+  whole ``lease_check``, ``gettimeout()``, ``time.monotonic()``,
+  ``threading.get_ident()``.
 
 Part 2, a 64-byte echo round trip against the select echo server of
 ``_common.py`` (another process): a raw blocking socket, ``client.call()``,
-the ``connection()`` lease, and ``call()`` with the check off, interleaved
+the ``connection()`` lease, and ``call()`` with the kernel check on every
+lease, interleaved
 blocks; wall and caller CPU, medians of per-block ratios to raw.
 
     python benchmarks/lease_floor.py            # about 60 s
@@ -83,93 +82,8 @@ def interleave(cases, blocks, n):
 
 # -- part 1 -----------------------------------------------------------------------
 
-def flattened_lease(client):
-    """The usual path of ``client.connection()`` as one context manager,
-    same work, no method layers (for pricing the layers only)."""
+def part1(client, blocks, n):
     from rcf_sync import _leasing
-    from rcf_sync._connection import Owner
-
-    IDLE, LEASED = Owner.IDLE, Owner.LEASED
-    lock = client._lock
-    leases = client._leases
-
-    class Flat:
-        __slots__ = ("_conn",)
-
-        def __enter__(self):
-            with lock:
-                conn = client._conn
-                if leases or conn is None or conn.owner is not IDLE:
-                    raise RuntimeError("slow path not modelled")
-                conn.owner = LEASED
-            if _leasing.lease_check(conn) is not None:
-                raise RuntimeError("slow path not modelled")
-            self._conn = conn
-            return conn.session
-
-        def __exit__(self, exc_type, exc, tb):
-            conn = self._conn
-            if exc_type is None:
-                sock = conn.sock
-                if sock.gettimeout() is not None:
-                    sock.settimeout(None)
-                with lock:
-                    if conn.doomed is None and conn.owner is LEASED and not leases:
-                        conn.owner = IDLE
-                        watch = conn.watch
-                    else:
-                        raise RuntimeError("slow path not modelled")
-                if watch is not None:
-                    watch.released()
-                return False
-            return client._release(conn, exc)
-
-    return Flat
-
-
-def ownership_lock_lease(client, window):
-    """A model (not the library): the exclusive use of a connection as a lock
-    of its own, taken without blocking by the lease and given back at its
-    end; the check gated on the release time. What a lease costs when the
-    usual path is one non-blocking acquire and one release."""
-    conn = client._conn
-    held = threading.Lock()
-    stamp = [time.monotonic()]
-    leases = client._leases
-    real_check = __import__("rcf_sync._connection", fromlist=["lease_check"]).lease_check
-
-    class OwnLease:
-        __slots__ = ("_conn",)
-
-        def __enter__(self, _mono=time.monotonic):
-            c = conn
-            if not held.acquire(False):
-                raise RuntimeError("slow path not modelled")
-            if c.doomed is not None or leases:
-                held.release()
-                raise RuntimeError("slow path not modelled")
-            if _mono() - stamp[0] >= window and real_check(c) is not None:
-                held.release()
-                raise RuntimeError("slow path not modelled")
-            self._conn = c
-            return c.session
-
-        def __exit__(self, exc_type, exc, tb, _mono=time.monotonic):
-            c = self._conn
-            if exc_type is None and c.sock.gettimeout() is None:
-                stamp[0] = _mono()
-                held.release()
-                if leases:
-                    raise RuntimeError("slow path not modelled")
-                return False
-            held.release()
-            return False
-
-    return OwnLease
-
-
-def part1(client, blocks, n, window):
-    from rcf_sync import _handle, _leasing
     from rcf_sync._backends import _thread
 
     lock = threading.Lock()
@@ -179,8 +93,7 @@ def part1(client, blocks, n, window):
     conn = client._conn
     real_check = _leasing.lease_check
     real_released = _thread._IdleWatch.released
-    Flat = flattened_lease(client)
-    OwnLease = ownership_lock_lease(client, window)
+    real_take, real_give = _leasing.Leasing._take_now, _leasing.Leasing._give_now
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
 
@@ -230,43 +143,26 @@ def part1(client, blocks, n, window):
                 unpatch()
         return run
 
-    def check_off():
-        _leasing.lease_check = lambda conn: None
+    def always_check():
+        _leasing.RECHECK_AFTER = 0.0
 
-    def check_gated():
-        def gated(conn, _mono=time.monotonic, _real=real_check):
-            watch = conn.watch
-            if watch is not None and _mono() - watch._since < window:
-                return None
-            return _real(conn)
-        _leasing.lease_check = gated
+    def gate_back():
+        _leasing.RECHECK_AFTER = real_window
 
-    def check_back():
-        _leasing.lease_check = real_check
+    real_window = _leasing.RECHECK_AFTER
 
-    real_enter = _handle.Handle._enter
+    def usual_path():
+        _leasing.Leasing._take_now = lambda self: None
+        _leasing.Leasing._give_now = lambda self, conn: False
 
-    def enter_off():
-        _handle.Handle._enter = lambda self: None
-
-    def enter_back():
-        _handle.Handle._enter = real_enter
+    def hot_path_back():
+        _leasing.Leasing._take_now, _leasing.Leasing._give_now = real_take, real_give
 
     def released_off():
-        _thread._IdleWatch.released = lambda self: None
+        _thread._IdleWatch.released = lambda self, now: None
 
     def released_back():
         _thread._IdleWatch.released = real_released
-
-    def flat(n):
-        for _ in range(n):
-            with Flat():
-                pass
-
-    def own(n):
-        for _ in range(n):
-            with OwnLease():
-                pass
 
     def poll0(n):
         p = poller.poll
@@ -294,6 +190,11 @@ def part1(client, blocks, n, window):
         for _ in range(n):
             m()
 
+    def get_ident(n):
+        g = threading.get_ident
+        for _ in range(n):
+            g()
+
     cases = [
         ("empty loop", empty),
         ("with lock: (bare threading.Lock)", bare_lock),
@@ -302,17 +203,13 @@ def part1(client, blocks, n, window):
         ("with Minimal(lock) as v: noop(v) (floor of call)", minimal_call),
         ("with client.connection(): pass", lease),
         ("client.call(noop)", call),
-        ("lease, lease_check a no-op", with_patch(lease, check_off, check_back)),
-        ("call, lease_check a no-op", with_patch(call, check_off, check_back)),
-        (f"lease, check skipped if released < {window * 1e3:g} ms ago",
-         with_patch(lease, check_gated, check_back)),
-        (f"call, check skipped if released < {window * 1e3:g} ms ago",
-         with_patch(call, check_gated, check_back)),
-        ("lease, _enter a no-op", with_patch(lease, enter_off, enter_back)),
+        ("lease, kernel check on every lease (RECHECK_AFTER = 0)",
+         with_patch(lease, always_check, gate_back)),
+        ("call, kernel check on every lease (RECHECK_AFTER = 0)",
+         with_patch(call, always_check, gate_back)),
+        ("lease, usual path only (_acquire/_release)", with_patch(lease, usual_path, hot_path_back)),
+        ("call, usual path only (_acquire/_release)", with_patch(call, usual_path, hot_path_back)),
         ("lease, idle watch released() a no-op", with_patch(lease, released_off, released_back)),
-        ("lease flattened (same work, no layers)", flat),
-        ("lease flattened, check a no-op", with_patch(flat, check_off, check_back)),
-        (f"model: ownership lock per connection, check gated at {window * 1e3:g} ms", own),
         ("poll.poll(0) alone", poll0),
         # The cheapest other kernel queries that could tell unread bytes or a
         # FIN (none releases the interpreter lock, unlike poll()):
@@ -322,6 +219,7 @@ def part1(client, blocks, n, window):
         ("lease_check(conn) alone", lease_check_only),
         ("sock.gettimeout() alone", gettimeout),
         ("time.monotonic() alone", monotonic),
+        ("threading.get_ident() alone", get_ident),
     ]
     res = interleave(cases, blocks, n)
     med = {name: (C.median([x[0] for x in v]), C.median([x[1] for x in v]))
@@ -334,7 +232,7 @@ def part1(client, blocks, n, window):
         wall, cpu = med[name]
         net = cpu - base
         ratio = ""
-        if name.startswith(("with client.connection", "lease", "model")) and "alone" not in name:
+        if name.startswith(("with client.connection", "lease")) and "alone" not in name:
             ratio = f"{net / floor:.2f}x"
         elif name.startswith(("client.call", "call")):
             ratio = f"{net / floor:.2f}x / {net / floor_call:.2f}x"
@@ -355,7 +253,7 @@ def part2(address, blocks, n):
     c_lease = ReconnectingClient(address, backend="thread").start()
     c_call.wait_connected(timeout=10)
     c_lease.wait_connected(timeout=10)
-    real_check = _leasing.lease_check
+    real_window = _leasing.RECHECK_AFTER
 
     def run_raw(n):
         for _ in range(n):
@@ -370,16 +268,16 @@ def part2(address, blocks, n):
             with c_lease.connection() as s:
                 roundtrip(s)
 
-    def run_call_nocheck(n):
-        _leasing.lease_check = lambda conn: None
+    def run_call_always(n):
+        _leasing.RECHECK_AFTER = 0.0
         try:
             for _ in range(n):
                 c_call.call(roundtrip)
         finally:
-            _leasing.lease_check = real_check
+            _leasing.RECHECK_AFTER = real_window
 
     cases = [("raw socket", run_raw), ("client.call()", run_call),
-             ("connection() lease", run_lease), ("call(), lease_check a no-op", run_call_nocheck)]
+             ("connection() lease", run_lease), ("call(), kernel check on every lease", run_call_always)]
     try:
         res = interleave(cases, blocks, n)
     finally:
@@ -406,8 +304,6 @@ def part2(address, blocks, n):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--window", type=float, default=0.001,
-                   help="gated check: skip it when released less than this many seconds ago")
     args = p.parse_args()
     C.watchdog(900)
     blocks1, n1 = (7, 20000) if args.quick else (15, 50000)
@@ -420,7 +316,7 @@ def main():
         with ReconnectingClient(server.address, factory=factory, backend="thread") as client:
             client.wait_connected(timeout=10)
             t0 = time.perf_counter()
-            med, base, rows = part1(client, blocks1, n1, args.window)
+            med, base, rows = part1(client, blocks1, n1)
             print(f"## 1. No I/O: ns per operation ({blocks1} interleaved blocks x {n1}; "
                   f"{time.perf_counter() - t0:.1f} s)\n")
             print(C.table(["operation", "wall ns", "caller CPU ns", "CPU ns minus empty loop",

@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from ._client_loop import ClientLoop
-from ._connection import IDLE, LEASED, Connection, Owner
+from ._connection import Connection, Owner
 from ._errors import GaveUp
 from ._factory import uses_protocol
 from ._fork import live as _live
@@ -123,7 +123,6 @@ class ReconnectingClient(ClientLoop):
             # queue, so they keep Twisted's order (connectionLost first).
             self._trusted = False
         self._heartbeat = heartbeat            # immutable
-        self._stamp_use = heartbeat is not None
         # Under the lock:
         self._conn: Connection | None = None   # the live connection
         self._attempt: _Pending | None = None  # the attempt in flight
@@ -260,9 +259,5 @@ class ReconnectingClient(ClientLoop):
         lease._timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         return lease
 
-    def _take_locked(self) -> Connection | None:
-        conn = self._conn
-        if conn is not None and conn.owner is IDLE:
-            conn.owner = LEASED
-            return conn
-        return None
+    def _still_ours_locked(self, conn: Connection) -> bool:
+        return self._conn is conn

@@ -70,7 +70,7 @@ class ClientLoop(ProtocolMode, Liveness, Handle):
         reason = ClosedHere("disconnect() was called")
         with self._lock:
             conn = self._conn
-            if conn is not None and conn.owner is Owner.LEASED:
+            if conn is not None and self._held_locked(conn):
                 # Its holder keeps the socket until the lease ends.
                 if conn.doomed is None:
                     conn.doomed = reason
@@ -145,6 +145,8 @@ class ClientLoop(ProtocolMode, Liveness, Handle):
                 ticket = self._leases.hand(conn)
                 if ticket is not None:
                     conn.owner = Owner.LEASED
+                else:
+                    self._idle.append(conn)
                 self._set_state(Event.CONNECTED)
         if conn.owner is Owner.DEAD:
             self._close_conn(conn)
@@ -217,7 +219,7 @@ class ClientLoop(ProtocolMode, Liveness, Handle):
             to_close.append(pending)
         conn = self._conn
         if conn is not None:
-            if conn.owner is Owner.LEASED:
+            if self._held_locked(conn):
                 conn.doomed = conn.doomed or self._halted
             else:
                 conn.owner = Owner.DEAD
@@ -267,6 +269,7 @@ class ClientLoop(ProtocolMode, Liveness, Handle):
         with self._lock:
             pending, self._attempt = self._attempt, None
             conn, self._conn = self._conn, None
+            self._idle.clear()  # a caller that popped it already sees _closed
             if conn is not None:
                 conn.owner = Owner.DEAD
         if pending is not None:
@@ -282,6 +285,7 @@ class ClientLoop(ProtocolMode, Liveness, Handle):
         if pending is not None and pending.attempt is not None:
             pending.attempt.cancel()
         conn, self._conn = self._conn, None
+        self._idle.clear()
         if conn is not None:
             self._drop_in_child(conn)
         if self._revive and self._state in (State.CONNECTED, State.CONNECTING):

@@ -1,12 +1,21 @@
 """One connection and who owns it.
 
 A :class:`Connection` is, at any moment, in exactly one of the
-:class:`Owner` states, changed only under its handle's lock:
+:class:`Owner` states:
 
 ``IDLE``     nobody uses it; the handle may lease it, the loop may check it.
-``LEASED``   one caller holds it (a lease, ``call()``, a heartbeat).
-``LOOP``     the loop is looking at it (an idle watch fired); callers wait.
+``LEASED``   one caller holds it (a lease, ``call()``).
+``LOOP``     the loop is using it (an idle watch fired, a heartbeat); callers
+             wait.
 ``DEAD``     out of service: closed or about to be; never handed out again.
+
+An idle connection sits in its handle's ``_idle`` list, and taking it out of
+that list is what claims it: a caller pops it without the handle's lock (the
+hot path of a lease: ``list.pop()`` is one atomic step), the loop removes it
+under the lock. Whoever took it then writes ``owner``; every other change of
+``owner`` is made under the lock. So, under the lock, a connection whose
+``owner`` still reads ``IDLE`` but that is no longer in ``_idle`` is being
+taken by a caller, and is treated as leased (see ``Handle._claim_locked``).
 
 A connection used through the handle's own ``sendall()`` / ``recv()`` is
 a *stream*: its user reads the reply in a later lease than the one that sent
@@ -71,25 +80,27 @@ class Connection:
     """A live connection of a client or pool (not public)."""
 
     __slots__ = ("sock", "session", "serial", "handle", "owner", "doomed", "stream", "watch",
-                 "heartbeat", "idle_since", "_poll", "_pending")
+                 "heartbeat", "released_at", "released_by", "_poll", "_pending")
 
     def __init__(self, sock: socket.socket, serial: int, session: object = None,
-                 handle: Any = None, stamp: bool = False) -> None:
+                 handle: Any = None) -> None:
         # Immutable after creation:
         self.sock = sock
         self.session: Any = sock if session is None else session  # what a lease hands out
         self.serial = serial
         self.handle = handle    # the client or pool it belongs to (its idle watch calls it)
-        # Under the handle's lock:
+        # Written by whoever took it from the idle list, else under the lock:
         self.owner = Owner.IDLE
         self.doomed: BaseException | None = None  # discard with it when the lease ends
         self.stream = False     # set (once, for good) by the handle's sendall()/recv()
         # Loop only (set right after creation, cleared on close):
         self.watch: IdleWatch | None = None
         self.heartbeat: IDelayedCall | Cancellable | None = None  # timer, or beat running
-        # Written by the lease holder at release, read by the heartbeat (only
-        # a handle with a heartbeat stamps it):
-        self.idle_since = time.monotonic() if stamp else 0.0
+        # Written by its holder as it gives it back (a caller, or the loop
+        # after a heartbeat: released_by None), read by the next lease and
+        # the heartbeat: when, and by whom (the backend's caller_id()).
+        self.released_at = time.monotonic()
+        self.released_by: object = None
         self._poll: Any = None  # lease_check's poll object, made on first use
         # TLS: bytes already decrypted wait in the SSL object, not the kernel.
         self._pending: Callable[[], int] | None = getattr(sock, "pending", None)

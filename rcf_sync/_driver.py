@@ -309,4 +309,7 @@ class Driver:
     def leased(self) -> None:
         pass
 
-    released = rearm = leased
+    def released(self, now: float = 0.0) -> None:
+        pass
+
+    rearm = leased

@@ -116,15 +116,16 @@ class Handle(Leasing, RunsUserCode, ForkSafe):
         self._on_disconnect = on_disconnect
         self._caller_thread = self._backend.caller_thread  # None: any thread
         self._thread_ident = getattr(self._backend, "thread_ident", None)
+        self._caller_id = self._backend.caller_id  # who gives a connection back
         self._pauses = self._backend.name == "gevent"  # its idle watch stops during leases
         self._ours = _ours_to_run(factory)  # factory methods safe to run inline
         self._trusted = len(self._ours) == len(_FACTORY_CALLS) - 1  # all but buildProtocol
         self._factory_clock = None   # loop: the _TrackingClock while running
         self._saved_clock = factory_clock
-        self._stamp_use = False      # keep conn.idle_since (for a heartbeat)
-        self._keeps_idle = False     # a released connection goes to _returned_locked
         # Under the lock:
         self._lock = self._backend.lock()
+        self._idle = []              # IDLE connections, most recently used last;
+                                     # a lease pops one without the lock
         self._user = UserCode(self._backend, self._lock)  # its fields under this lock too
         self._changed = None         # broadcast event for state waiters, made on demand
         self._waiters = 0            # callers in _wait()
@@ -213,7 +214,42 @@ class Handle(Leasing, RunsUserCode, ForkSafe):
         raise NotImplementedError
 
     def _take_locked(self) -> Connection | None:
-        """Lock held: lease and return an available connection, or None."""
+        """Lock held: lease and return an idle connection (the most recently
+        used: the least likely to be stale), or None (also once closed: the
+        loop may not have dropped the idle ones yet)."""
+        idle = self._idle
+        if idle and not self._closed:
+            conn = idle.pop()
+            conn.owner = Owner.LEASED
+            return conn
+        return None
+
+    def _claim_locked(self, conn: Connection) -> bool:
+        """Lock held: take ``conn`` out of the idle list to change its owner.
+        False when it was not there: it is leased, being leased (a caller
+        popped it and has not written ``owner`` yet), the loop's or dead."""
+        try:
+            self._idle.remove(conn)
+        except ValueError:
+            return False
+        return True
+
+    def _held_locked(self, conn: Connection) -> bool:
+        """Lock held: True when a caller holds ``conn`` or is taking it
+        (doom it; never close it under them). Otherwise it is no caller's:
+        an idle one is claimed for the loop (``LOOP``, out of the idle list),
+        so no caller can take it any more."""
+        owner = conn.owner
+        if owner is Owner.LEASED:
+            return True
+        if owner is Owner.IDLE:
+            if not self._claim_locked(conn):
+                return True
+            conn.owner = Owner.LOOP
+        return False
+
+    def _still_ours_locked(self, conn: Connection) -> bool:
+        """Lock held: ``conn`` is still one of this handle's connections."""
         raise NotImplementedError
 
     def _fill(self, minimum: int = 0) -> None:
@@ -223,9 +259,6 @@ class Handle(Leasing, RunsUserCode, ForkSafe):
         """Lock held, a caller is about to wait: should the loop open more
         connections (``_fill``)?"""
         return False
-
-    def _returned_locked(self, conn: Connection) -> None:
-        """Lock held: a healthy connection came back from a lease."""
 
     def _forget_locked(self, conn: Connection, exc: BaseException) -> None:
         """Lock held: ``conn`` is out of service (already DEAD)."""
@@ -330,7 +363,7 @@ class Handle(Leasing, RunsUserCode, ForkSafe):
     def _new_connection_locked(self, sock: socket.socket, session: object = None) -> Connection:
         self._serial += 1
         self._stats.connects += 1
-        return Connection(sock, self._serial, session, self, self._stamp_use)
+        return Connection(sock, self._serial, session, self)
 
     def _track_factory_clock(self) -> None:
         self._factory_clock = _TrackingClock(self.clock)
@@ -359,7 +392,13 @@ class Handle(Leasing, RunsUserCode, ForkSafe):
         handling on the loop (with ``wait``, wait until the loop has closed
         the socket). Returns True the first time."""
         with self._lock:
-            if conn.owner is Owner.DEAD:
+            owner = conn.owner
+            if owner is Owner.DEAD:
+                return False
+            if owner is Owner.IDLE and not self._claim_locked(conn):
+                # A caller is taking it this instant: it is theirs to discard.
+                if conn.doomed is None:
+                    conn.doomed = exc
                 return False
             conn.owner = Owner.DEAD
             self._stats.losses += 1

@@ -7,6 +7,17 @@ for, or closed by the peer, is discarded and the next awaited. Ending the
 lease hands the connection to the oldest queued caller, or back to idle; an
 error discards it. Every wait is on an event replaced at each change,
 against one monotonic deadline; nothing polls.
+
+The hot path (``_take_now``, ``_give_now``) costs one lock block per lease:
+taking pops the idle list without the lock (``list.pop()`` is atomic; see
+``_connection``), giving back takes the lock once. The kernel check is
+skipped for a connection the same caller gave back less than
+``RECHECK_AFTER`` ago: a caller in a tight loop pays no system call per
+lease, while any connection that changed hands, sat idle, or came back
+through the loop is checked. (In such a loop, bytes a server pushes arrive
+during a lease far more often than in the microseconds between two; only a
+protocol that expects pushes can tell them from a reply, and it belongs in
+protocol mode.)
 """
 
 from __future__ import annotations
@@ -17,15 +28,20 @@ from types import TracebackType
 from typing import Any, Callable, TypeVar
 
 from ._backends._seam import Event
-from ._connection import IDLE, LEASED, Connection, lease_check
+from ._connection import DEAD, IDLE, LEASED, Connection, lease_check
 from ._errors import ClientClosed, ConnectionLost, ConnectTimeout, RCFError, _timeout_compatible
 from ._parts import HandleParts
 from ._state import State
 from ._timeouts import _check_lost_on, _check_timeout, _deadline, _remaining
 
-__all__ = ["Leasing"]
+__all__ = ["Leasing", "RECHECK_AFTER"]
 
 R = TypeVar("R")
+
+# A connection given back by the same caller less than this many seconds ago
+# is leased to it again without the kernel check.
+RECHECK_AFTER = 5e-6
+_now = time.monotonic
 
 
 class _Lease:
@@ -43,17 +59,21 @@ class _Lease:
         self._raw = raw
 
     def __enter__(self) -> Any:
-        timeout = self._timeout
-        self._conn = conn = self._handle._acquire(
-            None if timeout is None else time.monotonic() + timeout, self._raw)
+        handle, timeout = self._handle, self._timeout
         if self._raw:
+            self._conn = conn = handle._acquire(
+                None if timeout is None else time.monotonic() + timeout, True)
             return conn.sock
+        self._conn = conn = handle._take_now() or handle._acquire(
+            None if timeout is None else time.monotonic() + timeout)
         return conn.session
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         conn, self._conn = self._conn, None
         assert conn is not None, "__exit__ without __enter__"
+        if exc is None and self._handle._give_now(conn):
+            return
         self._handle._release(conn, exc)  # raises ConnectionLost, or lets exc through
 
 
@@ -70,7 +90,9 @@ class Leasing(HandleParts):
         (:class:`~rcf_sync.ConnectTimeout`). Inside the block the connection
         is yours alone; it is checked when handed out (a connection with
         bytes nobody asked for, or closed by the peer, is discarded and the
-        next one awaited). An ``OSError`` escaping the block (timeouts
+        next one awaited), unless this same thread or greenlet gave it back
+        less than ``RECHECK_AFTER`` (5 µs) ago: a tight loop makes no
+        system call per lease. An ``OSError`` escaping the block (timeouts
         included), or an exception of ``lost_on``, closes that connection,
         starts reconnecting and surfaces as :class:`~rcf_sync.ConnectionLost`
         chained to it; any other exception also discards the connection (its
@@ -98,7 +120,7 @@ class Leasing(HandleParts):
         runs = 0
         while True:
             runs += 1
-            conn = self._acquire(deadline)
+            conn = self._take_now() or self._acquire(deadline)
             try:
                 result = fn(conn.session, *args, **kwargs)
             except BaseException as exc:
@@ -109,7 +131,8 @@ class Leasing(HandleParts):
                         raise
                     continue
                 raise
-            self._release(conn, None)
+            if not self._give_now(conn):
+                self._release(conn, None)
             return result
 
     def wait_state(self, *states: State, timeout: float | None = None) -> State:
@@ -161,6 +184,58 @@ class Leasing(HandleParts):
             event.wait(remaining)
 
     # -- leases ---------------------------------------------------------------
+
+    def _take_now(self) -> Connection | None:
+        """The hot path of a lease: an idle connection, taken without the
+        lock, checked (or given back by this caller an instant ago), or None:
+        take the usual path (``_acquire``)."""
+        idle = self._idle
+        if not idle:
+            return None
+        if self._caller_thread is not None or self._revive:
+            self._enter()
+        try:
+            conn = idle.pop()
+        except IndexError:  # another caller took it first
+            return None
+        conn.owner = LEASED
+        # Read after the write above: whoever dooms a connection, or closes
+        # the handle, does so after finding it no longer in the idle list.
+        if conn.doomed is not None or self._closed:
+            self._release(conn, None)
+            return None
+        if _now() - conn.released_at >= RECHECK_AFTER or conn.released_by != self._caller_id():
+            problem = lease_check(conn)
+            if problem is not None:
+                self._mark_lost(conn, problem, wait=True)
+                return None
+        if self._pauses:
+            watch = conn.watch
+            if watch is not None:
+                watch.leased()
+        return conn
+
+    def _give_now(self, conn: Connection) -> bool:
+        """The hot path of ending a lease that raised nothing: back to idle
+        in one lock block. False: take the usual path (``_release``)."""
+        sock = conn.sock
+        if sock.gettimeout() is not None:  # the caller set one: back to blocking
+            try:
+                sock.settimeout(None)
+            except OSError:
+                return False
+        conn.released_at = now = _now()
+        conn.released_by = self._caller_id()
+        with self._lock:
+            if (conn.owner is not LEASED or conn.doomed is not None or self._leases.tickets
+                    or self._closed):
+                return False
+            conn.owner = IDLE
+            self._idle.append(conn)
+        watch = conn.watch
+        if watch is not None:
+            watch.released(now)
+        return True
 
     def _acquire(self, deadline: float | None, stream: bool = False) -> Connection:
         if self._caller_thread is not None or self._revive:
@@ -240,24 +315,27 @@ class Leasing(HandleParts):
             except OSError as error:
                 exc = error
         if exc is None:
-            if self._stamp_use:
-                conn.idle_since = time.monotonic()
+            now = _now()
+            conn.released_at, conn.released_by = now, None
             ticket = None
+            idle = False
             with self._lock:
                 doomed = conn.doomed
                 if doomed is None and conn.owner is LEASED:
-                    if self._leases.tickets:
+                    if not self._still_ours_locked(conn):  # closed meanwhile
+                        conn.owner = DEAD
+                    elif self._leases.tickets:
                         ticket = self._leases.hand(conn)  # stays LEASED, for its new holder
-                    if ticket is None:
+                    if ticket is None and conn.owner is LEASED:
                         conn.owner = IDLE
-                        if self._keeps_idle:
-                            self._returned_locked(conn)
+                        self._idle.append(conn)
+                        idle = True
             if doomed is not None:
                 self._mark_lost(conn, doomed, wait=True)
             elif ticket is not None:
                 ticket.event.set()
-            elif conn.owner is IDLE and conn.watch is not None:
-                conn.watch.released()
+            elif idle and conn.watch is not None:
+                conn.watch.released(now)
             return False
         exc = _timeout_compatible(exc)
         self._mark_lost(conn, exc, wait=True)

@@ -48,7 +48,10 @@ class Liveness(HandleParts):
         with self._lock:
             owner = conn.owner
             if owner is Owner.IDLE:
-                conn.owner = Owner.LOOP
+                if self._claim_locked(conn):
+                    conn.owner = Owner.LOOP
+                else:  # a caller is taking it
+                    owner = Owner.LEASED
         if owner is Owner.DEAD:
             return
         if owner is not Owner.IDLE:  # leased: only a hang-up concerns us now
@@ -83,9 +86,11 @@ class Liveness(HandleParts):
             if conn.owner is not Owner.LOOP:
                 return
             ticket = self._leases.hand(conn)
-            conn.owner = Owner.LEASED if ticket is not None else Owner.IDLE
-            if ticket is None and self._keeps_idle:
-                self._returned_locked(conn)
+            if ticket is not None:
+                conn.owner = Owner.LEASED
+            else:
+                conn.owner = Owner.IDLE
+                self._idle.append(conn)
         if ticket is not None:
             ticket.event.set()
         elif rearm and conn.watch is not None:
@@ -106,8 +111,9 @@ class Liveness(HandleParts):
         with self._lock:
             if conn.owner is Owner.DEAD or self._closed:
                 return
-            idle_for = time.monotonic() - conn.idle_since
-            busy = conn.owner is not Owner.IDLE or idle_for < interval
+            idle_for = time.monotonic() - conn.released_at
+            busy = (conn.owner is not Owner.IDLE or idle_for < interval
+                    or not self._claim_locked(conn))
             if not busy:
                 conn.owner = Owner.LOOP
         if busy:
@@ -132,7 +138,7 @@ class Liveness(HandleParts):
             if exc is not None:
                 self._mark_lost(conn, exc)
                 return
-            conn.idle_since = time.monotonic()
+            conn.released_at, conn.released_by = time.monotonic(), None
             self._give_back(conn)
             with self._lock:
                 alive = conn.owner is not Owner.DEAD

@@ -37,8 +37,8 @@ class HandleParts:
 
     __slots__ = (
         "__weakref__", "name", "factory", "clock", "_backend", "_connector", "_user",
-        "_trusted", "_ours", "_pauses", "_keeps_idle", "_stamp_use", "_caller_thread",
-        "_thread_ident", "_lost_on", "_on_connect", "_on_connect_timeout", "_on_disconnect",
+        "_trusted", "_ours", "_pauses", "_caller_thread", "_caller_id",
+        "_thread_ident", "_idle", "_lost_on", "_on_connect", "_on_connect_timeout", "_on_disconnect",
         "_saved_clock", "_heartbeat", "_heartbeat_interval", "_lock", "_leases", "_state",
         "_closed", "_halted", "_stats", "_stop_reason", "_changed", "_waiters",
         "_waiting_seen", "_revive", "_serial", "_failures", "_factory_clock",
@@ -55,9 +55,8 @@ class HandleParts:
         _trusted: bool
         _ours: frozenset[str]
         _pauses: bool
-        _keeps_idle: bool
-        _stamp_use: bool
         _caller_thread: int | None
+        _caller_id: Callable[[], object]
         _thread_ident: Callable[[], int] | None
         _lost_on: tuple[type[BaseException], ...]
         _on_connect: Callable[[Any], Any] | None
@@ -70,6 +69,7 @@ class HandleParts:
 
         # -- under the handle's lock -----------------------------------------
         _lock: Lock
+        _idle: list[Connection]  # popped without the lock by a lease (see _connection)
         _leases: LeaseQueue
         _state: State
         _closed: bool
@@ -91,7 +91,9 @@ class HandleParts:
         def _close_conn(self, conn: Connection) -> None: ...
         def _cancel_attempt(self, pending: _Pending) -> None: ...
         def _halt_locked(self) -> list[Connection | _Pending]: ...
-        def _returned_locked(self, conn: Connection) -> None: ...
+        def _claim_locked(self, conn: Connection) -> bool: ...
+        def _held_locked(self, conn: Connection) -> bool: ...
+        def _still_ours_locked(self, conn: Connection) -> bool: ...
         def _user_failed(self, where: str, exc: BaseException) -> None: ...
         def _factory_calls(self, calls: list[tuple[str, tuple[Any, ...]]],
                            then: Callable[[Any], None] | None = None,

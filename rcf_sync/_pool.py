@@ -14,12 +14,11 @@ connection does not by itself start a back-off: the next attempt tells.
 
 from __future__ import annotations
 
-import collections
 import numbers
 import socket
 from typing import TYPE_CHECKING, Any, Callable
 
-from ._connection import IDLE, LEASED, Connection, Owner
+from ._connection import Connection, Owner
 from ._factory import uses_protocol
 from ._failure import as_failure
 from ._fork import live as _live
@@ -71,10 +70,8 @@ class ReconnectingPool(Liveness, Handle):
         super().__init__(connector, factory, backend, clock, on_connect, on_disconnect, name,
                          on_connect_timeout, lost_on)
         self.size: int = int(size)  # immutable
-        self._keeps_idle = True
         self._heartbeat = None
         # Under the lock:
-        self._idle: collections.deque[Connection] = collections.deque()  # IDLE, most recent last
         self._conns: set[Connection] = set()     # live connections, idle or leased
         self._attempts: set[_Pending] = set()    # attempts in flight
         self._probe: _Pending | None = None      # the attempt the factory's retry started
@@ -131,14 +128,8 @@ class ReconnectingPool(Liveness, Handle):
 
     # -- caller side ------------------------------------------------------------
 
-    def _take_locked(self) -> Connection | None:
-        idle = self._idle
-        while idle:
-            conn = idle.pop()  # the most recently used: least likely to be stale
-            if conn.owner is IDLE:
-                conn.owner = LEASED
-                return conn
-        return None
+    def _still_ours_locked(self, conn: Connection) -> bool:
+        return conn in self._conns
 
     def _wants_more_locked(self) -> bool:
         return not (self._closed or self._stopped or self._backoff) and self._room_locked() > 0
@@ -149,9 +140,6 @@ class ReconnectingPool(Liveness, Handle):
             return 1 - pending  # nothing proves the server is up: one at a time
         need = len(self._leases) - pending - len(self._idle)
         return min(need, self.size - len(self._conns) - pending)
-
-    def _returned_locked(self, conn: Connection) -> None:
-        self._idle.append(conn)
 
     def _gave_up_locked(self) -> bool:
         return self._stopped and not self._conns and not self._attempts
@@ -287,7 +275,7 @@ class ReconnectingPool(Liveness, Handle):
         self._attempts = set()
         self._probe = None
         for conn in list(self._conns):
-            if conn.owner is Owner.LEASED:
+            if self._held_locked(conn):
                 conn.doomed = conn.doomed or self._halted
             else:
                 conn.owner = Owner.DEAD
@@ -376,7 +364,7 @@ class ReconnectingPool(Liveness, Handle):
         with self._lock:
             conns = []
             for conn in self._conns:
-                if conn.owner is Owner.LEASED:
+                if self._held_locked(conn):
                     conn.doomed = conn.doomed or reason  # discarded when its lease ends
                 else:
                     conns.append(conn)

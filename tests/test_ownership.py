@@ -14,6 +14,7 @@ from rcf_sync import (
     ReconnectingClient,
     ReconnectingClientFactory,
     State,
+    _leasing,
 )
 from rcf_sync.testing import FakeClock
 
@@ -53,7 +54,15 @@ def test_pushed_bytes_on_an_idle_connection_discard_it(kit, server, no_leaks):
         assert c.stats.connects == 2
 
 
-def test_lease_never_hands_out_a_connection_with_unread_bytes(kit, server, no_leaks):
+@pytest.fixture
+def check_every_lease(monkeypatch):
+    """The kernel check on every lease, however soon the same caller comes
+    back (the tests below push bytes a few microseconds after a release)."""
+    monkeypatch.setattr(_leasing, "RECHECK_AFTER", 0.0)
+
+
+def test_lease_never_hands_out_a_connection_with_unread_bytes(kit, server, no_leaks,
+                                                               check_every_lease):
     """If bytes were pushed just before a lease, then the lease discards that connection and waits for a new one instead of handing it out."""
     with ReconnectingClient(server.address, factory=quick(), backend=kit.name) as c:
         for i in range(20):
@@ -63,7 +72,8 @@ def test_lease_never_hands_out_a_connection_with_unread_bytes(kit, server, no_le
         assert c.call(echo, b"last", timeout=5) == b"last"
 
 
-def test_lease_never_hands_out_a_connection_the_peer_closed(kit, server, no_leaks):
+def test_lease_never_hands_out_a_connection_the_peer_closed(kit, server, no_leaks,
+                                                            check_every_lease):
     """If the peer closed the connection a moment before a lease, then the caller gets a new connection, not ConnectionLost."""
     with ReconnectingClient(server.address, factory=quick(), backend=kit.name) as c:
         for _ in range(10):

@@ -229,7 +229,7 @@ class _IdleWatch:
         if self._watcher is not None:
             self._watcher.stop()
 
-    def released(self) -> None:
+    def released(self, now: float = 0.0) -> None:
         w = self._watcher
         if w is not None and not w.active:
             w.start(self._fire)
@@ -260,6 +260,7 @@ class GeventBackend:
 
     lock = staticmethod(_RealLock)
     thread_ident = staticmethod(_get_ident)  # the OS thread's, even when patched
+    caller_id = staticmethod(gevent.getcurrent)
 
     def __init__(self) -> None:
         hub = gevent.get_hub()

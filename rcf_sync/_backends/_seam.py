@@ -48,8 +48,8 @@ class IdleWatch(Protocol):
         """The lease holder took the connection."""
         ...
 
-    def released(self) -> None:
-        """The lease holder gave it back idle."""
+    def released(self, now: float) -> None:
+        """The lease holder gave it back idle (at ``time.monotonic()`` ``now``)."""
         ...
 
     def rearm(self) -> None:
@@ -94,6 +94,11 @@ class Backend(Protocol):
 
     def thread_ident(self) -> int:
         """The calling OS thread's identity (even under monkey-patching)."""
+        ...
+
+    def caller_id(self) -> object:
+        """Who is calling, as the backend schedules callers: the thread's
+        identity, or the greenlet."""
         ...
 
     def describe_caller_error(self) -> str:

@@ -180,8 +180,8 @@ class _IdleWatch:
     def leased(self) -> None:
         pass  # a watch that fires during a lease only marks itself unarmed
 
-    def released(self) -> None:
-        self._since = time.monotonic()
+    def released(self, now: float) -> None:
+        self._since = now
         if not self._armed and not self._queued:
             self._queued = True
             self._rt.arming.queue(self)
@@ -217,7 +217,7 @@ class ThreadBackend:
     def event(self) -> OneShotEvent:
         return OneShotEvent()
 
-    thread_ident = staticmethod(threading.get_ident)
+    thread_ident = caller_id = staticmethod(threading.get_ident)
 
     def describe_caller_error(self) -> str:
         return "any thread may use this client"
