@@ -144,7 +144,7 @@ class ReconnectingClient(ClientLoop):
             self._connect_requested = True
         self._track_factory_clock()
         self._backend.acquire()
-        _live.add(self)
+        _live[self] = None
         self._backend.call_soon(self._attempt_now)
         return self
 

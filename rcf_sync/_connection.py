@@ -33,7 +33,6 @@ from __future__ import annotations
 import enum
 import select
 import socket
-import time
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
@@ -99,7 +98,7 @@ class Connection:
         # Written by its holder as it gives it back (a caller, or the loop
         # after a heartbeat: released_by None), read by the next lease and
         # the heartbeat: when, and by whom (the backend's caller_id()).
-        self.released_at = time.monotonic()
+        self.released_at = 0.0
         self.released_by: object = None
         self._poll: Any = None  # lease_check's poll object, made on first use
         # TLS: bytes already decrypted wait in the SSL object, not the kernel.

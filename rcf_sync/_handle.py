@@ -188,7 +188,7 @@ class Handle(Leasing, RunsUserCode, ForkSafe):
             events = self._wake_all_locked()
         for event in events:
             event.set()
-        _live.discard(self)
+        _live.pop(self, None)
         if started:
             wait = 5.0 if timeout is None else timeout
             deadline = time.monotonic() + wait

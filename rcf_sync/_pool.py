@@ -118,7 +118,7 @@ class ReconnectingPool(Liveness, Handle):
             self._changed_locked()
         self._track_factory_clock()
         self._backend.acquire()
-        _live.add(self)
+        _live[self] = None
         self._backend.call_soon(self._fill, 1)
         return self
 
