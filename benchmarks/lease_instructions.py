@@ -1,0 +1,278 @@
+"""The lease in CPU instructions: a count that machine noise cannot move.
+
+Timings on a shared VM drift by a third from one run to the next; the
+number of instructions the interpreter executes for one operation does not.
+Each case runs twice in a child process under ``valgrind --tool=callgrind``
+(0 and N operations, the same start-up), and the difference over N is the
+cost of one operation:
+
+* the floor: a minimal class-based context manager taking and releasing one
+  lock (built per use), its ``call`` form (calling a function inside), and a
+  bare ``with lock:``;
+* ``with client.connection(): pass`` and ``client.call(noop)`` (thread
+  backend, a connected client of a loopback ``EchoServer``), on the hot path
+  (the same caller coming straight back: no kernel check), with the kernel
+  check on every lease (``RECHECK_AFTER = 0``), and on the usual path only
+  (``_acquire``/``_release``: the hot path turned off);
+* skeletons of the hot path, not the library: only the idle list's pop and a
+  locked append; plus the checks the library makes (doomed, closed, queued
+  callers, the socket's timeout, the owner); plus the gate (two clock reads
+  and two caller identities).
+
+Under valgrind every gap between two leases is far longer than the 5 us of
+``RECHECK_AFTER``, so the hot-path cases set it to 10 s in the child, to
+count what a native tight loop executes. System calls are counted only on
+their user-space side: ``poll()`` costs far more time than its instructions
+say. Needs valgrind (``apt-get install valgrind``).
+
+    python benchmarks/lease_instructions.py            # about 4 min
+    python benchmarks/lease_instructions.py --quick    # about 3 min (valgrind start-up)
+"""
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import _common as C
+
+CHILD = r'''
+import sys, threading, time
+sys.path.insert(0, {root!r})
+case, n = sys.argv[1], int(sys.argv[2])
+
+lock = threading.Lock()
+value = object()
+
+
+class Minimal:
+    __slots__ = ("_lock", "_value")
+
+    def __init__(self, lock, value):
+        self._lock = lock
+        self._value = value
+
+    def __enter__(self):
+        self._lock.acquire()
+        return self._value
+
+    def __exit__(self, a, b, c):
+        self._lock.release()
+        return False
+
+
+def noop(v):
+    return v
+
+
+class Conn:
+    __slots__ = ("owner", "doomed", "released_at", "released_by", "sock", "session")
+
+
+class Handle:
+    __slots__ = ("_idle", "_lock", "_closed", "_tickets", "_caller_id")
+
+
+IDLE, LEASED = object(), object()
+_now = time.monotonic
+
+
+class Skeleton:
+    """Only the idle list's pop and a locked append."""
+    __slots__ = ("_h", "_c")
+
+    def __init__(self, h):
+        self._h = h
+        self._c = None
+
+    def __enter__(self):
+        conn = self._c = self._h._idle.pop()
+        return conn.session
+
+    def __exit__(self, a, b, c):
+        conn, self._c = self._c, None
+        h = self._h
+        with h._lock:
+            h._idle.append(conn)
+
+
+class Checked(Skeleton):
+    """Plus the checks the library's hot path makes."""
+    __slots__ = ()
+
+    def __enter__(self):
+        h = self._h
+        idle = h._idle
+        if not idle:
+            raise RuntimeError
+        conn = idle.pop()
+        conn.owner = LEASED
+        if conn.doomed is not None or h._closed:
+            raise RuntimeError
+        self._c = conn
+        return conn.session
+
+    def __exit__(self, a, b, c):
+        conn, self._c = self._c, None
+        h = self._h
+        if b is None and conn.sock.gettimeout() is None:
+            with h._lock:
+                if conn.owner is not LEASED or conn.doomed is not None or h._tickets or h._closed:
+                    raise RuntimeError
+                conn.owner = IDLE
+                h._idle.append(conn)
+
+
+class Gated(Checked):
+    """Plus the gate: two clock reads and two caller identities."""
+    __slots__ = ()
+
+    def __enter__(self):
+        h = self._h
+        idle = h._idle
+        if not idle:
+            raise RuntimeError
+        conn = idle.pop()
+        conn.owner = LEASED
+        if conn.doomed is not None or h._closed:
+            raise RuntimeError
+        if _now() - conn.released_at >= 10.0 or conn.released_by != h._caller_id():
+            raise RuntimeError
+        self._c = conn
+        return conn.session
+
+    def __exit__(self, a, b, c):
+        conn, self._c = self._c, None
+        h = self._h
+        if b is None and conn.sock.gettimeout() is None:
+            conn.released_at = _now()
+            conn.released_by = h._caller_id()
+            with h._lock:
+                if conn.owner is not LEASED or conn.doomed is not None or h._tickets or h._closed:
+                    raise RuntimeError
+                conn.owner = IDLE
+                h._idle.append(conn)
+
+
+def skeleton_handle():
+    import socket
+    h = Handle()
+    h._lock, h._closed, h._tickets, h._caller_id = lock, False, None, threading.get_ident
+    c = Conn()
+    c.owner, c.doomed, c.released_at, c.released_by = IDLE, None, _now(), threading.get_ident()
+    c.sock = socket.socket()
+    c.session = c
+    h._idle = [c]
+    return h
+
+
+if case in ("bare lock", "floor", "floor of call"):
+    if case == "bare lock":
+        for _ in range(n):
+            with lock:
+                pass
+    elif case == "floor":
+        for _ in range(n):
+            with Minimal(lock, value):
+                pass
+    else:
+        for _ in range(n):
+            with Minimal(lock, value) as v:
+                noop(v)
+elif case.startswith("skeleton"):
+    h = skeleton_handle()
+    cls = {{"skeleton": Skeleton, "skeleton+checks": Checked, "skeleton+checks+gate": Gated}}[case]
+    for _ in range(n):
+        with cls(h):
+            pass
+else:
+    from rcf_sync import ReconnectingClient, _leasing
+    from rcf_sync.testing import EchoServer
+    what, _, variant = case.partition(" ")
+    _leasing.RECHECK_AFTER = 0.0 if variant == "check" else 10.0
+    if variant == "usual":
+        _leasing.Leasing._take_now = lambda self: None
+        _leasing.Leasing._give_now = lambda self, conn: False
+    with EchoServer() as server:
+        with ReconnectingClient(server.address, backend="thread") as client:
+            client.wait_connected(timeout=60)
+            for _ in range(10):
+                with client.connection():
+                    pass
+            if what == "lease":
+                for _ in range(n):
+                    with client.connection():
+                        pass
+            else:
+                for _ in range(n):
+                    client.call(noop)
+'''
+
+CASES = [
+    ("bare lock", "with lock: (bare threading.Lock)"),
+    ("floor", "with Minimal(lock): (the floor)"),
+    ("floor of call", "with Minimal(lock) as v: noop(v) (floor of a call)"),
+    ("lease", "with client.connection(): pass (hot path)"),
+    ("call", "client.call(noop) (hot path)"),
+    ("lease check", "lease, kernel check on every lease"),
+    ("call check", "call, kernel check on every lease"),
+    ("lease usual", "lease, usual path only"),
+    ("call usual", "call, usual path only"),
+    ("skeleton", "skeleton: idle-list pop, locked append"),
+    ("skeleton+checks", "skeleton + the hot path's checks"),
+    ("skeleton+checks+gate", "skeleton + checks + the gate"),
+]
+
+
+def instructions(script, case, n):
+    out = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+         script, case, str(n)],
+        capture_output=True, text=True, timeout=600, check=True).stderr
+    m = re.search(r"Collected : (\d+)", out)
+    if m is None:
+        raise RuntimeError(f"no instruction count from valgrind for {case!r}:\n{out[-2000:]}")
+    return int(m.group(1))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args()
+    if shutil.which("valgrind") is None:
+        sys.exit("valgrind is needed (apt-get install valgrind)")
+    C.watchdog(1800)
+    n = 5000 if args.quick else 20000
+    C.print_header("Lease instructions: the lease and its floor, counted by callgrind")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"lease_instructions_{os.getpid()}.py")
+    with open(script, "w") as f:
+        f.write(CHILD.format(root=root))
+    try:
+        per = {}
+        for case, _ in CASES:
+            per[case] = (instructions(script, case, n) - instructions(script, case, 0)) / n
+    finally:
+        os.unlink(script)
+    floor, floor_call = per["floor"], per["floor of call"]
+    rows = []
+    for case, label in CASES:
+        ratio = f"{per[case] / floor:.2f}x"
+        if case.startswith("call"):
+            ratio += f" / {per[case] / floor_call:.2f}x"
+        rows.append([label, f"{per[case]:.0f}", ratio])
+    print(f"## Instructions per operation ({n} operations, minus a run of 0)\n")
+    print(C.table(["operation", "instructions", "/ floor (call: / floor, / floor of a call)"],
+                  rows))
+    lease, call = per["lease"] / floor, per["call"] / floor_call
+    print(f"\n- lease {lease:.2f}x the floor, call(noop) {call:.2f}x the floor of a call "
+          f"(target <= 1.5x: {'met' if max(lease, call) <= 1.5 else 'NOT met'})")
+    print(f"- the skeleton alone is {per['skeleton'] / floor:.2f}x the floor, with the checks "
+          f"{per['skeleton+checks'] / floor:.2f}x, with the gate "
+          f"{per['skeleton+checks+gate'] / floor:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
