@@ -109,28 +109,44 @@ def test_a_timeout_set_in_the_lease_is_cleared_on_the_hot_path(kit, server, no_l
         assert c.stats.losses == 0
 
 
-def hammer(kit, handle, workers, requests, during=None):
+class Holders:
+    """Who holds which socket now: a second holder of the same socket is
+    noted in ``wrong``."""
+
+    def __init__(self):
+        self._held = {}
+        self._guard = threading.Lock()
+        self.wrong = []
+
+    def take(self, sock, who):
+        with self._guard:
+            other = self._held.get(id(sock))
+            self._held[id(sock)] = who
+        if other is not None:
+            self.wrong.append(f"socket {id(sock)} held by {other} and {who}")
+
+    def give(self, sock):
+        with self._guard:
+            del self._held[id(sock)]
+
+
+def hammer(kit, handle, workers, requests, during=None, holders=None):
     """``workers`` callers each doing ``requests`` leases with payloads only
     they send, checking each reply and that nobody else holds the same
-    socket meanwhile; ``during()`` runs meanwhile in the calling context.
-    Returns (replies, ConnectionLost/ClientClosed/ConnectTimeout errors);
-    a wrong reply or a shared socket fails at once."""
-    holders = {}
-    guard = threading.Lock()
-    replies, errors, wrong = [], [], []
+    socket meanwhile (``holders``, shared with other users of the socket);
+    ``during()`` runs meanwhile in the calling context. Returns (replies,
+    ConnectionLost/ClientClosed/ConnectTimeout errors); a wrong reply or a
+    shared socket fails."""
+    holders = Holders() if holders is None else holders
+    replies, errors, wrong = [], [], holders.wrong
     started = kit.event()
 
     def one(n, i):
         payload = b"<%d:%d>" % (n, i) * 4
         with handle.connection(timeout=5) as sock:
-            with guard:
-                other = holders.get(id(sock))
-                holders[id(sock)] = n
-            if other is not None:
-                wrong.append(f"socket {id(sock)} held by {other} and {n}")
+            holders.take(sock, n)
             got = echo(sock, payload)
-            with guard:
-                del holders[id(sock)]
+            holders.give(sock)
         if got != payload:
             wrong.append(f"caller {n} sent {payload!r}, read {got!r}")
         replies.append(got)
@@ -169,6 +185,35 @@ def test_hot_leases_stay_exclusive_while_the_connection_is_dropped(kit, server, 
         assert len(replies) + len(errors) == 4 * 150
         assert all(isinstance(e, ConnectionLost) for e in errors), errors[:3]
         assert c.stats.losses >= 1
+
+
+def test_heartbeats_and_hot_leases_never_share_the_socket(kit, server, no_leaks):
+    """If callers start leasing in tight loops just as the heartbeat runs on the idle connection, then they wait for it: the heartbeat and the callers never hold the socket together and each reads its own replies."""
+    holders = Holders()
+    beats = []
+    beating = kit.event()
+
+    def heartbeat(sock):
+        holders.take(sock, "heartbeat")
+        beating.set()
+        payload = b"<beat %d>" % len(beats)
+        got = echo(sock, payload)
+        holders.give(sock)
+        if got != payload:
+            holders.wrong.append(f"the heartbeat sent {payload!r}, read {got!r}")
+        beats.append(got)
+
+    with ReconnectingClient(server.address, factory=quick(), backend=kit.name,
+                            heartbeat=heartbeat, heartbeat_interval=0.02) as c:
+        c.wait_connected(timeout=5)
+        for _ in range(5):
+            beating.clear()
+            assert beating.wait(5), "no heartbeat on the idle connection"
+            replies, errors = hammer(kit, c, workers=3, requests=20, holders=holders)
+            assert errors == [] and len(replies) == 60
+        assert holders.wrong == []
+        assert len(beats) >= 5
+        assert c.stats.losses == 0
 
 
 def test_close_during_hot_leases_ends_every_caller(kit, server, no_leaks):
