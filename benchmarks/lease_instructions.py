@@ -39,28 +39,15 @@ import sys
 import _common as C
 
 CHILD = r'''
-import sys, threading, time
+import os, sys, threading, time
 sys.path.insert(0, {root!r})
+sys.path.insert(0, os.path.join({root!r}, "benchmarks"))
+from lease_floor import Minimal  # the floor, as lease_floor.py times it
+
 case, n = sys.argv[1], int(sys.argv[2])
 
 lock = threading.Lock()
 value = object()
-
-
-class Minimal:
-    __slots__ = ("_lock", "_value")
-
-    def __init__(self, lock, value):
-        self._lock = lock
-        self._value = value
-
-    def __enter__(self):
-        self._lock.acquire()
-        return self._value
-
-    def __exit__(self, a, b, c):
-        self._lock.release()
-        return False
 
 
 def noop(v):
@@ -79,6 +66,8 @@ IDLE, LEASED = object(), object()
 _now = time.monotonic
 
 
+# The skeletons are written out whole, each a step on the one before: a
+# shared helper would add its own call to what is being counted.
 class Skeleton:
     """Only the idle list's pop and a locked append."""
     __slots__ = ("_h", "_c")

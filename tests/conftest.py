@@ -1,5 +1,6 @@
 """Shared fixtures: loopback servers, the backend parameter, leak checks."""
 
+import contextlib
 import os
 import socket
 import sys
@@ -133,6 +134,26 @@ def kit(request):
     if request.param == "gevent":
         pytest.importorskip("gevent")
     return Kit(request.param)
+
+
+@contextlib.contextmanager
+def loop_held():
+    """Keep the thread backend's shared loop busy (blocked in a callback of
+    ours) for the duration of the block."""
+    from rcf_sync._backends._thread import get_runtime
+
+    stuck, release = threading.Event(), threading.Event()
+
+    def hold_the_loop():
+        stuck.set()
+        release.wait(10)
+
+    get_runtime().post(hold_the_loop)
+    assert stuck.wait(5), "the loop did not run our callback"
+    try:
+        yield
+    finally:
+        release.set()
 
 
 def live_greenlets():

@@ -6,7 +6,7 @@ Time on that path is driven by replacing its clock (``_leasing._now``)."""
 import threading
 
 import pytest
-from conftest import echo
+from conftest import echo, loop_held
 
 from rcf_sync import (
     ClientClosed,
@@ -245,20 +245,10 @@ def test_pool_hot_leases_stay_exclusive(kit, server, no_leaks):
 def test_a_lease_after_close_is_refused_while_the_background_still_closes(server, no_leaks,
                                                                           caplog):
     """If close() returned before the background could drop the connection (its loop was busy), then a lease still raises ClientClosed instead of handing out the idle socket."""
-    from rcf_sync._backends._thread import get_runtime
-
     c = ReconnectingClient(server.address, factory=quick(), backend="thread").start()
     c.wait_connected(timeout=5)
     assert c.call(echo, b"warm", timeout=5) == b"warm"
-    stuck, release = threading.Event(), threading.Event()
-
-    def hold_the_loop():
-        stuck.set()
-        release.wait(10)
-
-    get_runtime().post(hold_the_loop)
-    assert stuck.wait(5)
-    try:
+    with loop_held():
         c.close(timeout=0.2)
         for _ in range(3):
             with pytest.raises(ClientClosed):
@@ -266,6 +256,4 @@ def test_a_lease_after_close_is_refused_while_the_background_still_closes(server
                     pass
             with pytest.raises(ClientClosed):
                 c.call(echo, b"after", timeout=1)
-    finally:
-        release.set()
     assert "did not see the background finish" in caplog.text

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from conftest import echo
+from conftest import echo, loop_held
 
 from rcf_sync import (
     ConnectionLost,
@@ -252,24 +252,12 @@ def test_gevent_clock_cancel_races_one_winner():
 
 def test_close_is_bounded_when_the_loop_is_stuck(server, no_leaks, caplog):
     """If the shared loop cannot answer, then close(timeout) still returns after about that long and says so."""
-    from rcf_sync._backends._thread import get_runtime
-
     with ReconnectingClient(server.address, factory=quick(), backend="thread") as c:
         c.wait_connected(timeout=5)
-        stuck, release = threading.Event(), threading.Event()
-
-        def hold_the_loop():
-            stuck.set()
-            release.wait(10)
-
-        get_runtime().post(hold_the_loop)
-        assert stuck.wait(5)
-        start = time.monotonic()
-        try:
+        with loop_held():
+            start = time.monotonic()
             c.close(timeout=0.3)
-        finally:
             took = time.monotonic() - start
-            release.set()
     assert took < 2.0
     assert "did not see the background finish" in caplog.text
 
