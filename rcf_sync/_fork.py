@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from ._backends._base import after_fork_in_child
 from ._connection import Owner
+from ._lease import NOBODY_QUEUED
 from ._parts import HandleParts
 from ._state import State
 
@@ -67,6 +68,6 @@ class ForkSafe(HandleParts):
         self._changed = None
         self._waiters = 0
         self._waiting_seen = None
-        self._leases.clear()
+        self._leases = NOBODY_QUEUED
         self._user.reset_after_fork(self._lock)
         self._revive = not self._closed and self._state is not State.IDLE

@@ -38,7 +38,7 @@ from ._errors import ClientClosed, ConnectTimeout, GaveUp, RCFError, _timeout_co
 from ._factory import ReconnectingClientFactory
 from ._fork import ForkSafe
 from ._fork import live as _live
-from ._lease import LeaseQueue
+from ._lease import NOBODY_QUEUED
 from ._leasing import Leasing
 from ._reasons import loss_exception
 from ._state import State
@@ -111,7 +111,7 @@ class Handle(Leasing, RunsUserCode, ForkSafe):
         self._backend = get_backend(backend)
         self.factory = factory
         self.clock = clock or factory_clock or self._backend.clock
-        self.name = name if name is not None else self._connector.describe()
+        self._name = name
         self._on_connect = on_connect
         self._on_disconnect = on_disconnect
         self._caller_thread = self._backend.caller_thread  # None: any thread
@@ -130,7 +130,7 @@ class Handle(Leasing, RunsUserCode, ForkSafe):
         self._changed = None         # broadcast event for state waiters, made on demand
         self._waiters = 0            # callers in _wait()
         self._waiting_seen = None    # event for wait_waiting(), made on demand
-        self._leases = LeaseQueue()  # callers queued for a lease
+        self._leases = NOBODY_QUEUED  # callers queued for a lease (its own once one queues)
         self._state = State.IDLE
         self._closed = False
         self._serial = 0

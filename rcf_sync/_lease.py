@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ._backends._seam import Event
     from ._connection import Connection
 
-__all__ = ["Ticket", "LeaseQueue"]
+__all__ = ["Ticket", "LeaseQueue", "NOBODY_QUEUED"]
 
 
 class Ticket:
@@ -79,6 +79,15 @@ class LeaseQueue:
         """The events of every queued caller (to wake them all)."""
         return [t.event for t in self.tickets] if self.tickets else []
 
-    def clear(self) -> None:
-        """Forget every ticket (after a fork: their callers are not here)."""
-        self.tickets = None
+
+class _NobodyQueued(LeaseQueue):
+    """The queue every handle shares until its first caller queues (most
+    never do): empty for good. A handle swaps in its own before joining."""
+
+    __slots__ = ()
+
+    def join(self, event: Event) -> Ticket:
+        raise AssertionError("the shared empty queue takes no caller: make the handle's own")
+
+
+NOBODY_QUEUED: LeaseQueue = _NobodyQueued()

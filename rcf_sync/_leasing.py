@@ -30,6 +30,7 @@ from typing import Any, Callable, TypeVar
 from ._backends._seam import Event
 from ._connection import DEAD, IDLE, LEASED, Connection, lease_check
 from ._errors import ClientClosed, ConnectionLost, ConnectTimeout, RCFError, _timeout_compatible
+from ._lease import NOBODY_QUEUED, LeaseQueue
 from ._parts import HandleParts
 from ._state import State
 from ._timeouts import _check_lost_on, _check_timeout, _deadline, _remaining
@@ -273,6 +274,8 @@ class Leasing(HandleParts):
                     self._raise_if_hopeless_locked()
                     event = self._backend.event()
                     if ticket is None:
+                        if self._leases is NOBODY_QUEUED:
+                            self._leases = LeaseQueue()
                         ticket = self._leases.join(event)
                         seen = self._waiting_seen
                     else:

@@ -36,7 +36,7 @@ class HandleParts:
     and the pool add their own."""
 
     __slots__ = (
-        "__weakref__", "name", "factory", "clock", "_backend", "_connector", "_user",
+        "__weakref__", "_name", "factory", "clock", "_backend", "_connector", "_user",
         "_trusted", "_ours", "_pauses", "_caller_thread", "_caller_id",
         "_thread_ident", "_idle", "_lost_on", "_on_connect", "_on_connect_timeout", "_on_disconnect",
         "_saved_clock", "_heartbeat", "_heartbeat_interval", "_lock", "_leases", "_state",
@@ -44,9 +44,21 @@ class HandleParts:
         "_waiting_seen", "_revive", "_serial", "_failures", "_factory_clock",
     )
 
+    @property
+    def name(self) -> str:
+        """The name logs and messages use: ``name=`` as given, else the
+        connector's description (made when asked for: most handles never
+        log)."""
+        name = self._name
+        return name if name is not None else self._connector.describe()
+
+    @name.setter
+    def name(self, value: str) -> None:
+        self._name = value
+
     if TYPE_CHECKING:
         # -- immutable after construction --------------------------------------
-        name: str
+        _name: str | None
         factory: Any
         clock: IReactorTime[Any]
         _backend: Backend
