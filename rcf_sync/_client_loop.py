@@ -142,11 +142,7 @@ class ClientLoop(ProtocolMode, Liveness, Handle):
                 conn.owner = Owner.DEAD
             else:
                 self._conn = conn
-                ticket = self._leases.hand(conn)
-                if ticket is not None:
-                    conn.owner = Owner.LEASED
-                else:
-                    self._idle.append(conn)
+                ticket = self._hand_on_locked(conn)
                 self._set_state(Event.CONNECTED)
         if conn.owner is Owner.DEAD:
             self._close_conn(conn)

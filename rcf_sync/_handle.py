@@ -38,7 +38,7 @@ from ._errors import ClientClosed, ConnectTimeout, GaveUp, RCFError, _timeout_co
 from ._factory import ReconnectingClientFactory
 from ._fork import ForkSafe
 from ._fork import live as _live
-from ._lease import NOBODY_QUEUED
+from ._lease import NOBODY_QUEUED, Ticket
 from ._leasing import Leasing
 from ._reasons import loss_exception
 from ._state import State
@@ -247,6 +247,18 @@ class Handle(Leasing, RunsUserCode, ForkSafe):
                 return True
             conn.owner = Owner.LOOP
         return False
+
+    def _hand_on_locked(self, conn: Connection) -> Ticket | None:
+        """Lock held: give ``conn``, healthy and no longer anyone's, to the
+        oldest queued caller (``LEASED``, theirs: set the returned ticket's
+        event once the lock is released), or put it back idle (None)."""
+        ticket = self._leases.hand(conn)
+        if ticket is not None:
+            conn.owner = Owner.LEASED
+        else:
+            conn.owner = Owner.IDLE
+            self._idle.append(conn)
+        return ticket
 
     def _still_ours_locked(self, conn: Connection) -> bool:
         """Lock held: ``conn`` is still one of this handle's connections."""

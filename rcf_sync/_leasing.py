@@ -325,14 +325,11 @@ class Leasing(HandleParts):
             with self._lock:
                 doomed = conn.doomed
                 if doomed is None and conn.owner is LEASED:
-                    if not self._still_ours_locked(conn):  # closed meanwhile
+                    if self._still_ours_locked(conn):
+                        ticket = self._hand_on_locked(conn)
+                        idle = ticket is None
+                    else:  # closed meanwhile
                         conn.owner = DEAD
-                    elif self._leases.tickets:
-                        ticket = self._leases.hand(conn)  # stays LEASED, for its new holder
-                    if ticket is None and conn.owner is LEASED:
-                        conn.owner = IDLE
-                        self._idle.append(conn)
-                        idle = True
             if doomed is not None:
                 self._mark_lost(conn, doomed, wait=True)
             elif ticket is not None:

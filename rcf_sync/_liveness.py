@@ -85,12 +85,7 @@ class Liveness(HandleParts):
         with self._lock:
             if conn.owner is not Owner.LOOP:
                 return
-            ticket = self._leases.hand(conn)
-            if ticket is not None:
-                conn.owner = Owner.LEASED
-            else:
-                conn.owner = Owner.IDLE
-                self._idle.append(conn)
+            ticket = self._hand_on_locked(conn)
         if ticket is not None:
             ticket.event.set()
         elif rearm and conn.watch is not None:

@@ -222,11 +222,7 @@ class ReconnectingPool(Liveness, Handle):
                 self._backoff = False
                 self._stopped = False
                 self._conns.add(conn)
-                ticket = self._leases.hand(conn)
-                if ticket is not None:
-                    conn.owner = Owner.LEASED
-                else:
-                    self._idle.append(conn)
+                ticket = self._hand_on_locked(conn)
                 self._update_state_locked()
         if conn.owner is Owner.DEAD:
             self._close_conn(conn)
