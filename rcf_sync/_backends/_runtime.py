@@ -15,8 +15,9 @@ block. The runtime is a lifetime object:
   touching the poller the parent still uses) and builds new ones when it is
   next needed; the timers stay, so back-off schedules carry on.
 
-Ownership: ``_users``, ``_thread``, ``_poller``, ``_wake_r``/``_wake_w`` under
-``_cond``; ``_ready`` is a deque appended to by any thread and consumed by
+Ownership: ``_users``, ``_releasing``, ``_thread``, ``_poller``,
+``_wake_r``/``_wake_w`` under ``_cond`` (taken as its bare ``_lock`` where
+nothing waits or notifies); ``_ready`` is a deque appended to by any thread and consumed by
 the loop only; the poller's registrations belong to the loop thread (other
 threads post to it), except :meth:`arm_now` which ``epoll`` makes safe from
 any thread.
@@ -152,8 +153,10 @@ class Runtime:
     arming: _Arming
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         self._users = 0
+        self._releasing = 0  # release() calls waiting for the loop to stop
         self._thread: threading.Thread | None = None
         self._poller: _Poller | None = None
         self._wake_r: socket.socket | None = None
@@ -173,11 +176,16 @@ class Runtime:
 
     def acquire(self) -> None:
         """Count a user; the loop runs from now on."""
-        with self._cond:
+        # Every client's start() comes here: the bare lock, and a notify
+        # only for a release() that waits (it returns: a user came).
+        with self._lock:
             self._users += 1
-            self._ensure_running_locked()
-            self._cond.notify_all()
-        self.workers.resume()
+            if self._thread is None:
+                self._ensure_running_locked()
+            if self._releasing:
+                self._cond.notify_all()
+        if self.workers.stopped:
+            self.workers.resume()
 
     def release(self, timeout: float = 5.0) -> None:
         """Uncount a user. After the last one, wait (up to ``timeout``) for
@@ -190,7 +198,12 @@ class Runtime:
             thread = self._thread
             self._wake_locked()
             if thread is not None and thread is not threading.current_thread():
-                self._cond.wait_for(lambda: self._thread is not thread or self._users > 0, timeout)
+                self._releasing += 1
+                try:
+                    self._cond.wait_for(lambda: self._thread is not thread or self._users > 0,
+                                        timeout)
+                finally:
+                    self._releasing -= 1
             if self._users > 0:
                 return
         if thread is not None and thread is not threading.current_thread():
@@ -220,7 +233,9 @@ class Runtime:
         # After fork: no loop thread, no workers exist here. Close our copies
         # of the poller and wake-up pair without touching their registrations
         # (the epoll instance is shared with the parent until closed).
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._releasing = 0
         closing: list[socket.socket | _Poller | None] = [self._wake_r, self._wake_w, self._poller]
         for obj in closing:
             if obj is not None:

@@ -170,6 +170,13 @@ class WorkerPool:
         if counted:
             self._counted -= 1
 
+    @property
+    def stopped(self) -> bool:
+        """Whether :meth:`stop` ran since the last :meth:`resume` (read
+        without the lock: a new user that races a stop ends as it did
+        before, with workers that exit after their job)."""
+        return self._stop
+
     def resume(self) -> None:
         """Workers stay when idle again (a new user after :meth:`stop`);
         until then, a job that comes gets a thread that exits after it."""
