@@ -69,5 +69,6 @@ class ForkSafe(HandleParts):
         self._waiters = 0
         self._waiting_seen = None
         self._leases = NOBODY_QUEUED
-        self._user.reset_after_fork(self._lock)
+        if self._user_code is not None:
+            self._user_code.reset_after_fork(self._lock)
         self._revive = not self._closed and self._state is not State.IDLE

@@ -31,7 +31,6 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Callable, TypeVar
 
 from ._backends import get_backend
-from ._callbacks import UserCode
 from ._connection import Connection, Owner
 from ._connectors import as_connector
 from ._errors import ClientClosed, ConnectTimeout, GaveUp, RCFError, _timeout_compatible
@@ -126,7 +125,7 @@ class Handle(Leasing, RunsUserCode, ForkSafe):
         self._lock = self._backend.lock()
         self._idle = []              # IDLE connections, most recently used last;
                                      # a lease pops one without the lock
-        self._user = UserCode(self._backend, self._lock)  # its fields under this lock too
+        self._user_code = None       # made on first use (_user); its fields under this lock too
         self._changed = None         # broadcast event for state waiters, made on demand
         self._waiters = 0            # callers in _wait()
         self._waiting_seen = None    # event for wait_waiting(), made on demand
@@ -200,7 +199,9 @@ class Handle(Leasing, RunsUserCode, ForkSafe):
             # and the last release lets it finish first.) The backend is
             # released only after this wait, so its workers are there for it.
             if finished and (self._backend.name == "gevent" or self._proto_mode):
-                finished = self._user.wait_drained(max(0.0, deadline - time.monotonic()))
+                user = self._user_code
+                if user is not None:
+                    finished = user.wait_drained(max(0.0, deadline - time.monotonic()))
             if not finished:
                 log.warning("%s: close() did not see the background finish within %.1fs",
                             self.name, wait)
@@ -345,7 +346,7 @@ class Handle(Leasing, RunsUserCode, ForkSafe):
         """Loop: start an attempt; ``deliver(pending, sock, exc)`` on the loop."""
         pending.attempt = self._backend.start_attempt(
             self._steps(pending), self._attempt_timeout(),
-            lambda sock, exc: deliver(pending, sock, exc), self._user)
+            lambda sock, exc: deliver(pending, sock, exc), self._user_queue)
 
     def _steps(self, pending: _Pending) -> Generator[Step, Any, Any]:
         sock = yield from self._connector._attempt()

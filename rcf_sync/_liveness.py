@@ -143,4 +143,5 @@ class Liveness(HandleParts):
         # Run as an attempt so that a heartbeat that hangs past twice the
         # interval is abandoned (and the connection lost) like a hung connect.
         # Kept where the timer was, so that closing the connection cancels it.
-        conn.heartbeat = self._backend.start_attempt(steps(), interval * 2, done, self._user)
+        conn.heartbeat = self._backend.start_attempt(steps(), interval * 2, done,
+                                                     self._user_queue)

@@ -4,19 +4,21 @@ A client or pool is put together from parts (``Handle`` and the mixins of
 ``_usercode``, ``_fork``, ``_liveness`` and ``_protocol_mode``; the client's
 loop side is ``_client_loop``). They share
 the fields below, set in ``Handle.__init__`` (and the client's or pool's),
-and call one another's methods. This base declares both for type checkers
-only: at run time it is an empty class with empty ``__slots__``.
+and call one another's methods. This base holds the slots of those fields
+and declares them and the methods for type checkers; at run time it adds
+only ``name`` and the user-code queue made on first use.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
+from ._callbacks import UserCode
+
 if TYPE_CHECKING:
     from collections.abc import Generator
 
     from ._backends._seam import Backend, Event, Lock
-    from ._callbacks import UserCode
     from ._connection import Connection
     from ._connectors import Connector
     from ._handle import _Pending
@@ -36,7 +38,7 @@ class HandleParts:
     and the pool add their own."""
 
     __slots__ = (
-        "__weakref__", "_name", "factory", "clock", "_backend", "_connector", "_user",
+        "__weakref__", "_name", "factory", "clock", "_backend", "_connector", "_user_code",
         "_trusted", "_ours", "_pauses", "_caller_thread", "_caller_id",
         "_thread_ident", "_idle", "_lost_on", "_on_connect", "_on_connect_timeout", "_on_disconnect",
         "_saved_clock", "_heartbeat", "_heartbeat_interval", "_lock", "_leases", "_state",
@@ -56,6 +58,23 @@ class HandleParts:
     def name(self, value: str) -> None:
         self._name = value
 
+    @property
+    def _user(self) -> UserCode:
+        """The handle's user-code queue (``_callbacks``), made at its first
+        use: a client of a factory of ours with no hooks never runs user
+        code. Never asked for with the lock held."""
+        user = self._user_code
+        if user is None:
+            with self._lock:
+                user = self._user_code
+                if user is None:
+                    user = self._user_code = UserCode(self._backend, self._lock)
+        return user
+
+    def _user_queue(self) -> UserCode:
+        """:attr:`_user`, for an attempt that may run user code."""
+        return self._user
+
     if TYPE_CHECKING:
         # -- immutable after construction --------------------------------------
         _name: str | None
@@ -63,7 +82,6 @@ class HandleParts:
         clock: IReactorTime[Any]
         _backend: Backend
         _connector: Connector
-        _user: UserCode
         _trusted: bool
         _ours: frozenset[str]
         _pauses: bool
@@ -81,6 +99,7 @@ class HandleParts:
 
         # -- under the handle's lock -----------------------------------------
         _lock: Lock
+        _user_code: UserCode | None  # shares the lock; see _user
         _idle: list[Connection]  # popped without the lock by a lease (see _connection)
         _leases: LeaseQueue
         _state: State

@@ -84,7 +84,8 @@ class RunsUserCode(HandleParts):
         # Ours cannot block: no hand-off (the usual case). A subclass's
         # inherited methods run inline too, but only when none of its own
         # code is queued for this handle, so that the order stays the order.
-        if self._trusted or (self._user.idle()
+        user = self._user_code
+        if self._trusted or ((user is None or user.idle())
                              and all(name in self._ours for name, _ in calls)):
             name: str | None = None
             result: Any = None

@@ -70,7 +70,7 @@ class Attempt:
 
     def __init__(self, runtime: Runtime, steps: Steps, timeout: float | None,
                  deliver: Callable[[Any, BaseException | None], None],
-                 user_code: UserCode) -> None:
+                 user_code: Callable[[], UserCode]) -> None:
         self._rt = runtime
         # Generators: the attempt, then nested ones (TLS).
         self._stack: list[Generator[Step, Any, Any]] = [steps]
@@ -169,8 +169,9 @@ class Attempt:
         def done(result: Any, exc: BaseException | None) -> None:
             self._job_done(token, result, exc)
 
-        call = self._user.run(step.fn, step.args, done, step.threaded)
-        self._job = (token, lambda: self._user.abandon(call))
+        user = self._user()
+        call = user.run(step.fn, step.args, done, step.threaded)
+        self._job = (token, lambda: user.abandon(call))
         return True, None
 
     def _resume(self) -> None:

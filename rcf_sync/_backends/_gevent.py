@@ -121,7 +121,7 @@ class _Attempt:
 
     def __init__(self, backend: GeventBackend, steps: Steps, timeout: float | None,
                  deliver: Callable[[Any, BaseException | None], None],
-                 user_code: UserCode) -> None:
+                 user_code: Callable[[], UserCode]) -> None:
         self._backend = backend
         self._user = user_code
         self._deliver = deliver
@@ -192,13 +192,14 @@ class _Attempt:
         # In the handle's user-code queue, so it never overlaps its other
         # callbacks; this greenlet waits for the result.
         result = gevent.event.AsyncResult()
-        call = self._user.run(step.fn, step.args,
+        user = self._user()
+        call = user.run(step.fn, step.args,
                               lambda value, exc: result.set_exception(exc) if exc is not None
                               else result.set(value), step.threaded)
         try:
             return result.get()
         except BaseException:
-            self._user.abandon(call)
+            user.abandon(call)
             raise
 
     def cancel(self) -> None:
@@ -315,7 +316,7 @@ class GeventBackend:
 
     def start_attempt(self, steps: Steps, timeout: float | None,
                       deliver: Callable[[Any, BaseException | None], None],
-                      user_code: UserCode) -> _Attempt:
+                      user_code: Callable[[], UserCode]) -> _Attempt:
         return _Attempt(self, steps, timeout, deliver, user_code)
 
     def run_blocking(self, fn: Callable[..., Any], args: tuple[Any, ...], deliver: Deliver,

@@ -135,8 +135,9 @@ class Backend(Protocol):
 
     def start_attempt(self, steps: Steps, timeout: float | None,
                       deliver: Callable[[Any, BaseException | None], None],
-                      user_code: UserCode) -> Cancellable:
-        """Drive an attempt; ``deliver(sock, exc)`` on the loop at its end."""
+                      user_code: Callable[[], UserCode]) -> Cancellable:
+        """Drive an attempt; ``deliver(sock, exc)`` on the loop at its end;
+        ``user_code()``: the queue its user calls run in."""
         ...
 
     def run_blocking(self, fn: Callable[..., Any], args: tuple[Any, ...],

@@ -246,7 +246,7 @@ class ThreadBackend:
 
     def start_attempt(self, steps: Steps, timeout: float | None,
                       deliver: Callable[[Any, BaseException | None], None],
-                      user_code: UserCode) -> Attempt:
+                      user_code: Callable[[], UserCode]) -> Attempt:
         attempt = Attempt(self._rt, steps, timeout, deliver, user_code)
         attempt.start()
         return attempt
