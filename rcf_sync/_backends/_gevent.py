@@ -210,17 +210,20 @@ class _Attempt:
 
 
 class _IdleWatch:
-    """A read watcher on an idle connection, stopped while it is leased."""
+    """A read watcher on an idle connection, stopped while it is leased.
+    The watch itself is the watcher's callback: no bound method is made at
+    each start, nor kept while it waits (one per idle connection)."""
+
+    __slots__ = ("_callback", "_arg", "_watcher")
 
     def __init__(self, backend: GeventBackend, sock: socket.socket,
                  callback: Callable[[Any], None], arg: Any) -> None:
-        self._backend = backend
         self._callback = callback
         self._arg = arg
         self._watcher = backend._hub.loop.io(sock.fileno(), 1)
-        self._watcher.start(self._fire)
+        self._watcher.start(self)
 
-    def _fire(self) -> None:
+    def __call__(self) -> None:
         w = self._watcher
         if w is not None:
             w.stop()
@@ -233,7 +236,7 @@ class _IdleWatch:
     def released(self, now: float = 0.0) -> None:
         w = self._watcher
         if w is not None and not w.active:
-            w.start(self._fire)
+            w.start(self)
 
     rearm = released
 
