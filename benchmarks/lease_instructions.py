@@ -19,7 +19,7 @@ cost of one operation:
   callers, the socket's timeout, the owner); plus the gate (two clock reads
   and two caller identities).
 
-Under valgrind every gap between two leases is far longer than the 5 us of
+Under valgrind every gap between two leases is far longer than the 20 us of
 ``RECHECK_AFTER``, so the hot-path cases set it to 10 s in the child, to
 count what a native tight loop executes. System calls are counted only on
 their user-space side: ``poll()`` costs far more time than its instructions

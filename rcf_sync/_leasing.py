@@ -40,8 +40,10 @@ __all__ = ["Leasing", "RECHECK_AFTER"]
 R = TypeVar("R")
 
 # A connection given back by the same caller less than this many seconds ago
-# is leased to it again without the kernel check.
-RECHECK_AFTER = 5e-6
+# is leased to it again without the kernel check. Wide enough for the gap of
+# a tight loop on a slow machine (after a round trip, a few microseconds),
+# narrower than any lease that waits for a reply.
+RECHECK_AFTER = 20e-6
 _now = time.monotonic
 
 
@@ -92,7 +94,7 @@ class Leasing(HandleParts):
         is yours alone; it is checked when handed out (a connection with
         bytes nobody asked for, or closed by the peer, is discarded and the
         next one awaited), unless this same thread or greenlet gave it back
-        less than ``RECHECK_AFTER`` (5 µs) ago: a tight loop makes no
+        less than ``RECHECK_AFTER`` (20 µs) ago: a tight loop makes no
         system call per lease. An ``OSError`` escaping the block (timeouts
         included), or an exception of ``lost_on``, closes that connection,
         starts reconnecting and surfaces as :class:`~rcf_sync.ConnectionLost`
