@@ -101,7 +101,13 @@ class Connector:
     ``connect()``, ``stopConnecting()`` and ``disconnect()`` act on the client
     that adopted the connector (a connector serves one client or pool); they
     are thread-safe and never block.
+
+    The built-in connectors keep their fields in slots (one per client adds
+    up); a subclass without ``__slots__`` has an attribute dict as usual,
+    and these class defaults for the two fields a subclass may not set.
     """
+
+    __slots__ = ("__weakref__",)
 
     timeout: float | None = DEFAULT_TIMEOUT
     # The client or pool that adopted this connector (core: typed as a
@@ -167,9 +173,11 @@ class Connector:
 class _SocketConnector(Connector):
     """Shared by TCP and Unix: option setting, the address walk, TLS."""
 
-    _ssl_context: ssl.SSLContext | None = None
-    _server_hostname: str | None = None
-    _socket_options: tuple[tuple[Any, ...], ...] = ()
+    __slots__ = ("_owner", "timeout", "_ssl_context", "_server_hostname", "_socket_options")
+
+    _ssl_context: ssl.SSLContext | None
+    _server_hostname: str | None
+    _socket_options: tuple[tuple[Any, ...], ...]
 
     @property
     def ssl_context(self) -> ssl.SSLContext | None:
@@ -251,6 +259,8 @@ class TCPConnector(_SocketConnector):
     Raises ``ValueError`` for a bad host, port, timeout or option.
     """
 
+    __slots__ = ("host", "port", "source_address", "keepalive", "_keepalive", "_numeric")
+
     def __init__(self, host: str, port: int, *, timeout: float | None = DEFAULT_TIMEOUT,
                  source_address: tuple[str, int] | None = None,
                  ssl_context: ssl.SSLContext | None = None, server_hostname: str | None = None,
@@ -269,6 +279,7 @@ class TCPConnector(_SocketConnector):
                             ("keepalive_count", keepalive_count)):
             if value is not None and (not _is_integer(value) or value < 1):
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        self._owner = None
         self.host = host.strip("[]")
         self.port = int(port)
         self.timeout = _check_timeout(timeout)
@@ -329,6 +340,8 @@ class UNIXConnector(_SocketConnector):
     ``server_hostname`` when the context checks host names).
     """
 
+    __slots__ = ("path",)
+
     def __init__(self, path: str | bytes | os.PathLike[str] | os.PathLike[bytes], *,
                  timeout: float | None = DEFAULT_TIMEOUT, ssl_context: ssl.SSLContext | None = None,
                  server_hostname: str | None = None,
@@ -337,6 +350,7 @@ class UNIXConnector(_SocketConnector):
             raise ValueError("Unix sockets are not available on this platform")
         if not isinstance(path, (str, bytes, os.PathLike)) or not os.fspath(path):
             raise ValueError(f"path must be a non-empty path, got {path!r}")
+        self._owner = None
         self.path = os.fspath(path)
         self.timeout = _check_timeout(timeout)
         self._ssl_context = ssl_context
@@ -364,10 +378,13 @@ class SocketFactoryConnector(Connector):
     with ``TypeError``. ``timeout`` bounds how long the client waits for it.
     """
 
+    __slots__ = ("_owner", "timeout", "factory", "name")
+
     def __init__(self, factory: Callable[[], socket.socket], *, name: str | None = None,
                  timeout: float | None = DEFAULT_TIMEOUT) -> None:
         if not callable(factory):
             raise ValueError(f"a socket factory must be callable, got {factory!r}")
+        self._owner = None
         self.factory = factory
         self.name = name or _callable_name(factory)
         self.timeout = _check_timeout(timeout)
