@@ -21,9 +21,12 @@ Part 1, no I/O (thread backend, caller CPU ``time.thread_time()`` and wall
 
 Part 2, a 64-byte echo round trip against the select echo server of
 ``_common.py`` (another process): a raw blocking socket, ``client.call()``,
-the ``connection()`` lease, and ``call()`` with the kernel check on every
-lease, interleaved
-blocks; wall and caller CPU, medians of per-block ratios to raw.
+the ``connection()`` lease, ``call()`` with the kernel check on every
+lease, and two that price a lease where it runs in such a loop (between
+blocking reads, not in a tight loop with warm caches): the raw socket inside
+the floor's context manager, and a raw round trip followed by
+``call(noop)``; interleaved blocks; wall and caller CPU, medians of
+per-block ratios to raw.
 
     python benchmarks/lease_floor.py            # about 60 s
     python benchmarks/lease_floor.py --quick    # about 15 s
@@ -268,6 +271,21 @@ def part2(address, blocks, n):
             with c_lease.connection() as s:
                 roundtrip(s)
 
+    lock = threading.Lock()
+
+    def run_raw_minimal(n):
+        for _ in range(n):
+            with Minimal(lock, raw) as s:
+                roundtrip(s)
+
+    def noop(s):
+        return s
+
+    def run_raw_after_noop_call(n):
+        for _ in range(n):
+            c_call.call(noop)
+            roundtrip(raw)
+
     def run_call_always(n):
         _leasing.RECHECK_AFTER = 0.0
         try:
@@ -277,7 +295,9 @@ def part2(address, blocks, n):
             _leasing.RECHECK_AFTER = real_window
 
     cases = [("raw socket", run_raw), ("client.call()", run_call),
-             ("connection() lease", run_lease), ("call(), kernel check on every lease", run_call_always)]
+             ("connection() lease", run_lease), ("call(), kernel check on every lease", run_call_always),
+             ("raw socket inside with Minimal(lock)", run_raw_minimal),
+             ("raw socket, then call(noop) on the client", run_raw_after_noop_call)]
     try:
         res = interleave(cases, blocks, n)
     finally:
