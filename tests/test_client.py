@@ -554,3 +554,44 @@ def test_max_elapsed_stops_like_max_retries(kit, free_port, server, no_leaks):
         assert clock.getDelayedCalls() == []
         with pytest.raises(GaveUp, match="no connection to 127.0.0.1"):
             c.wait_connected(timeout=5)
+
+
+def test_a_client_that_runs_no_user_code_makes_no_user_code_queue(kit, server, no_leaks):
+    """If a client has a factory of ours and no hooks, then it connects, serves, loses and
+    regains its connection without ever making a user-code queue; with on_connect it makes one."""
+    with make(kit, server.address) as c:
+        assert c.call(echo, b"a", timeout=5) == b"a"
+        c._connector.disconnect()
+        assert c.call(echo, b"b", timeout=5) == b"b"
+        assert c.stats.connects == 2
+        assert c._user_code is None
+    with make(kit, server.address, on_connect=lambda sock: None) as c:
+        assert c.call(echo, b"c", timeout=5) == b"c"
+        assert c._user_code is not None
+
+
+def test_built_in_connectors_keep_fields_in_slots_and_subclasses_may_add_attributes(
+        kit, server, no_leaks):
+    """If a connector is built in, then it has no attribute dict yet can be weakly referenced and
+    pickled; a subclass without __slots__ may set attributes of its own and still connects."""
+    import pickle
+    import weakref
+
+    from rcf_sync import SocketFactoryConnector, TCPConnector, UNIXConnector
+
+    for connector in (TCPConnector(*server.address), UNIXConnector("/nonexistent/socket"),
+                      SocketFactoryConnector(socket.socket)):
+        assert not hasattr(connector, "__dict__"), connector
+        assert weakref.ref(connector)() is connector
+        assert connector._owner is None
+    copy = pickle.loads(pickle.dumps(TCPConnector(*server.address, timeout=3)))
+    assert (copy.host, copy.port, copy.timeout) == (server.address[0], server.address[1], 3)
+
+    class Tagged(TCPConnector):
+        pass
+
+    tagged = Tagged(*server.address)
+    tagged.tag = "mine"
+    with make(kit, tagged) as c:
+        assert c.call(echo, b"t", timeout=5) == b"t"
+    assert tagged.tag == "mine"
