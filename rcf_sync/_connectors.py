@@ -102,9 +102,10 @@ class Connector:
     that adopted the connector (a connector serves one client or pool); they
     are thread-safe and never block.
 
-    The built-in connectors keep their fields in slots (one per client adds
-    up); a subclass without ``__slots__`` has an attribute dict as usual,
-    and these class defaults for the two fields a subclass may not set.
+    The built-in connectors keep their fields in slots (there is one per
+    client). A subclass without ``__slots__`` has an attribute dict as
+    usual, and falls back on the class defaults below for the two fields it
+    may leave unset.
     """
 
     __slots__ = ("__weakref__",)

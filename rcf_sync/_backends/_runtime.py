@@ -17,8 +17,8 @@ block. The runtime is a lifetime object:
 
 Ownership: ``_users``, ``_releasing``, ``_thread``, ``_poller``,
 ``_wake_r``/``_wake_w`` under ``_cond`` (taken as its bare ``_lock`` where
-nothing waits or notifies); ``_ready`` is a deque appended to by any thread and consumed by
-the loop only; the poller's registrations belong to the loop thread (other
+nothing waits or notifies); ``_ready`` is a deque appended to by any thread
+and consumed by the loop only; the poller's registrations belong to the loop thread (other
 threads post to it), except :meth:`arm_now` which ``epoll`` makes safe from
 any thread.
 """
