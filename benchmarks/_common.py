@@ -24,6 +24,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import resource
 import selectors
 import shlex
@@ -59,6 +60,19 @@ def roundtrip(sock):
             raise ConnectionResetError("echo server closed the connection")
         got += chunk
     return got
+
+
+def instructions(script, *args, timeout=1200):
+    """The instructions ``python script *args`` executes, every thread of
+    the process counted, under ``valgrind --tool=callgrind``."""
+    out = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
+         script, *map(str, args)],
+        capture_output=True, text=True, timeout=timeout, check=True).stderr
+    m = re.search(r"Collected : (\d+)", out)
+    if m is None:
+        raise RuntimeError(f"no instruction count from valgrind for {args!r}:\n{out[-2000:]}")
+    return int(m.group(1))
 
 
 def watchdog(seconds):

@@ -29,9 +29,7 @@ valgrind (``apt-get install valgrind``).
 
 import argparse
 import os
-import re
 import shutil
-import subprocess
 import sys
 
 import _common as C
@@ -110,17 +108,6 @@ else:
 '''
 
 
-def instructions(script, contender, n, port):
-    out = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-         script, contender, str(n), str(port)],
-        capture_output=True, text=True, timeout=1200, check=True).stderr
-    m = re.search(r"Collected : (\d+)", out)
-    if m is None:
-        raise RuntimeError(f"no instruction count from valgrind for {contender}:\n{out[-2000:]}")
-    return int(m.group(1))
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
@@ -143,8 +130,8 @@ def main():
     try:
         with C.ServerProcess("select") as server:
             for c in contenders:
-                per[c] = (instructions(script, c, n, server.port)
-                          - instructions(script, c, 0, server.port)) / n
+                per[c] = (C.instructions(script, c, n, server.port)
+                          - C.instructions(script, c, 0, server.port)) / n
     finally:
         os.unlink(script)
     base = per.get("twisted")

@@ -31,9 +31,7 @@ say. Needs valgrind (``apt-get install valgrind``).
 
 import argparse
 import os
-import re
 import shutil
-import subprocess
 import sys
 
 import _common as C
@@ -215,17 +213,6 @@ CASES = [
 ]
 
 
-def instructions(script, case, n):
-    out = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable,
-         script, case, str(n)],
-        capture_output=True, text=True, timeout=600, check=True).stderr
-    m = re.search(r"Collected : (\d+)", out)
-    if m is None:
-        raise RuntimeError(f"no instruction count from valgrind for {case!r}:\n{out[-2000:]}")
-    return int(m.group(1))
-
-
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true")
@@ -242,7 +229,8 @@ def main():
     try:
         per = {}
         for case, _ in CASES:
-            per[case] = (instructions(script, case, n) - instructions(script, case, 0)) / n
+            per[case] = (C.instructions(script, case, n, timeout=600)
+                         - C.instructions(script, case, 0, timeout=600)) / n
     finally:
         os.unlink(script)
     floor, floor_call = per["floor"], per["floor of call"]
