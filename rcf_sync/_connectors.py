@@ -167,6 +167,11 @@ class Connector:
         """Generator of one connection attempt; returns the connected socket."""
         raise NotImplementedError
 
+    def _direct_address(self) -> _Address | None:
+        """An address to connect to without :meth:`_attempt`, or None (see
+        :class:`_SocketConnector`)."""
+        return None
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"
 
@@ -202,6 +207,35 @@ class _SocketConnector(Connector):
     def _established(self, sock: socket.socket, family: int) -> None:
         """Once connected (before TLS): our options for the connection."""
 
+    def _direct_address(self) -> _Address | None:
+        """The one address an attempt would try, when it is known without a
+        lookup and the attempt has no step but the connect (no TLS, and our
+        own address walk): a backend may then connect without the attempt
+        generator, by :meth:`_start_connect` and :meth:`_check_connected`."""
+        if self._ssl_context is not None or type(self)._attempt is not _SocketConnector._attempt:
+            return None
+        addresses = self._known_addresses()
+        return addresses[0] if addresses is not None and len(addresses) == 1 else None
+
+    def _known_addresses(self) -> Sequence[_Address] | None:
+        """The addresses, when known without a lookup; else None."""
+        return None
+
+    def _start_connect(self, sock: socket.socket, family: int, sockaddr: Any) -> int:
+        """Begin a non-blocking connect of the new ``sock``: ``connect_ex``'s
+        error number (one of ``_IN_PROGRESS``: wait until it is writable)."""
+        if not _SOCK_NONBLOCK:
+            sock.setblocking(False)
+        self._prepare(sock, family)
+        return sock.connect_ex(sockaddr)
+
+    def _check_connected(self, sock: socket.socket, family: int, err: int) -> None:
+        """Once the connect ended with ``err`` (0, or ``SO_ERROR``): raise
+        ``OSError`` if it failed, else set our options on the connection."""
+        if err:
+            raise OSError(err, f"{os.strerror(err)} ({self.describe()})")
+        self._established(sock, family)
+
     def _attempt(self) -> Attempt:
         addresses = yield from self._addresses()
         if not addresses:
@@ -211,16 +245,11 @@ class _SocketConnector(Connector):
         for family, type_, proto, sockaddr in addresses:
             sock = socket_class(family, type_ | _SOCK_NONBLOCK, proto)
             try:
-                if not _SOCK_NONBLOCK:
-                    sock.setblocking(False)
-                self._prepare(sock, family)
-                err = sock.connect_ex(sockaddr)
+                err = self._start_connect(sock, family, sockaddr)
                 if err in _IN_PROGRESS:
                     yield Writable(sock)
                     err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                if err:
-                    raise OSError(err, f"{os.strerror(err)} ({self.describe()})")
-                self._established(sock, family)
+                self._check_connected(sock, family, err)
             except OSError as exc:
                 sock.close()
                 last_error = exc
@@ -303,10 +332,14 @@ class TCPConnector(_SocketConnector):
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"{host}:{self.port}"
 
-    def _addresses(self) -> Generator[Step, Any, list[_Address]]:
+    def _known_addresses(self) -> Sequence[_Address] | None:
         numeric = self._numeric
         if numeric is None:
             numeric = self._numeric = _numeric_addresses(self.host, self.port)
+        return numeric or None
+
+    def _addresses(self) -> Generator[Step, Any, list[_Address]]:
+        numeric = self._known_addresses()
         if numeric:
             return list(numeric)
         infos = yield Resolve(self.host, self.port)
@@ -366,8 +399,11 @@ class UNIXConnector(_SocketConnector):
         """The socket's path."""
         return os.fsdecode(self.path)
 
+    def _known_addresses(self) -> Sequence[_Address]:
+        return ((socket.AF_UNIX, socket.SOCK_STREAM, 0, self.path),)
+
     def _addresses(self) -> Generator[Step, Any, list[_Address]]:
-        return [(socket.AF_UNIX, socket.SOCK_STREAM, 0, self.path)]
+        return list(self._known_addresses())
         yield  # a generator with no waiting steps
 
 

@@ -344,9 +344,25 @@ class Handle(Leasing, RunsUserCode, ForkSafe):
     def _launch(self, pending: _Pending,
                 deliver: Callable[[_Pending, Any, BaseException | None], None]) -> None:
         """Loop: start an attempt; ``deliver(pending, sock, exc)`` on the loop."""
-        pending.attempt = self._backend.start_attempt(
-            self._steps(pending), self._attempt_timeout(),
-            lambda sock, exc: deliver(pending, sock, exc), self._user_queue)
+        def done(sock: Any, exc: BaseException | None) -> None:
+            deliver(pending, sock, exc)
+
+        backend, connector = self._backend, self._connector
+        if self._plain_steps():
+            # The common case (an IP address or a Unix path, no TLS, no
+            # hook) on a backend that can connect without the interpreter.
+            connect = getattr(backend, "connect_direct", None)
+            address = connector._direct_address() if connect is not None else None
+            if address is not None:
+                assert connect is not None
+                pending.attempt = connect(connector, address, self._attempt_timeout(), done)
+                return
+        pending.attempt = backend.start_attempt(
+            self._steps(pending), self._attempt_timeout(), done, self._user_queue)
+
+    def _plain_steps(self) -> bool:
+        """Whether :meth:`_steps` is the connector's attempt and Adopt alone."""
+        return self._on_connect is None
 
     def _steps(self, pending: _Pending) -> Generator[Step, Any, Any]:
         sock = yield from self._connector._attempt()

@@ -130,6 +130,9 @@ class ProtocolMode(HandleParts):
 
     # -- loop side -------------------------------------------------------------------
 
+    def _plain_steps(self) -> bool:
+        return not self._proto_mode and super()._plain_steps()
+
     def _steps(self, pending: _Pending) -> Generator[Step, Any, Any]:
         # Handle mode: the handle's steps as they are, no generator around them.
         steps = super()._steps(pending)

@@ -1,11 +1,12 @@
 """ReconnectingClient on every backend (the ``kit`` fixture), against
 loopback servers; back-off timing is driven by a FakeClock."""
 
+import os
 import socket
 import time
 
 import pytest
-from conftest import echo, our_threads, unique_payload_run
+from conftest import Kit, echo, our_threads, unique_payload_run
 
 import rcf_sync
 from rcf_sync import (
@@ -595,3 +596,72 @@ def test_built_in_connectors_keep_fields_in_slots_and_subclasses_may_add_attribu
     with make(kit, tagged) as c:
         assert c.call(echo, b"t", timeout=5) == b"t"
     assert tagged.tag == "mine"
+
+
+class _ThroughTheSteps(rcf_sync.TCPConnector):
+    """A TCP connector that offers no direct address: its attempts always
+    run through the step interpreter."""
+
+    __slots__ = ()
+
+    def _direct_address(self):
+        return None
+
+
+def test_only_plain_destinations_offer_a_direct_connect(tmp_path):
+    """If the destination is an IP address or a Unix path without TLS, then the connector offers its one address for a connect without the step interpreter; a host name, TLS or a subclass's own attempt does not."""
+    import ssl
+
+    v4 = rcf_sync.TCPConnector("127.0.0.1", 7)
+    assert v4._direct_address() == (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP,
+                                    ("127.0.0.1", 7))
+    path = str(tmp_path / "s")
+    assert rcf_sync.UNIXConnector(path)._direct_address() == (socket.AF_UNIX, socket.SOCK_STREAM,
+                                                               0, path)
+    assert rcf_sync.TCPConnector("localhost", 7)._direct_address() is None
+    tls = ssl.create_default_context()
+    assert rcf_sync.TCPConnector("127.0.0.1", 7, ssl_context=tls)._direct_address() is None
+
+    class OwnAttempt(rcf_sync.TCPConnector):
+        def _attempt(self):
+            return super()._attempt()
+
+    assert OwnAttempt("127.0.0.1", 7)._direct_address() is None
+    assert rcf_sync.SocketFactoryConnector(socket.socket)._direct_address() is None
+
+
+def test_a_direct_connect_ends_as_the_step_interpreter_would(kit, server, free_port, no_leaks):
+    """If a plain destination connects directly, then its connection gets the same socket options and a refusal the same error as through the attempt steps."""
+    results = []
+    for connector_class in (rcf_sync.TCPConnector, _ThroughTheSteps):
+        options = [(socket.SOL_SOCKET, socket.SO_RCVBUF, 32768)]
+        with make(kit, connector_class(*server.address, socket_options=options)) as c:
+            c.wait_connected(timeout=5)
+            with c.connection() as sock:
+                got = (sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+                       sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0,
+                       sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) != 0,
+                       sock.gettimeout())
+        with make(kit, connector_class("127.0.0.1", free_port)) as c:
+            c.wait_state(S.WAITING, timeout=5)
+            refused = c.stats.last_error
+        results.append((got, type(refused), str(refused)))
+    assert results[0] == results[1]
+    assert results[0][0][1:] == (True, True, None)
+    assert results[0][1] is ConnectionRefusedError
+
+
+def test_a_direct_connect_that_times_out_closes_its_socket_at_once(server, hung_address, no_leaks):
+    """If a thread-backend connect to an IP address outlasts its timeout, then its socket is closed when the attempt fails, not when it is collected."""
+    def open_fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    kit = Kit("thread")
+    factory = ReconnectingClientFactory(initialDelay=30, jitter=0)
+    with make(kit, server.address) as running:  # the backend's own descriptors exist
+        running.wait_connected(timeout=5)
+        before = open_fds()
+        with make(kit, rcf_sync.TCPConnector(*hung_address, timeout=0.2), factory=factory) as c:
+            c.wait_state(S.WAITING, timeout=5)
+            assert isinstance(c.stats.last_error, ConnectTimeout)
+            assert open_fds() == before

@@ -23,6 +23,7 @@ import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Callable
 
+from .._connectors import _IN_PROGRESS, _SOCK_NONBLOCK, _stdlib_socket
 from .._steps import TLS, Adopt, Readable, Resolve, UserCall, Writable
 from ._base import deliver_once
 from ._base import delivered as _delivered
@@ -30,13 +31,13 @@ from ._runtime import READ, WRITE
 
 if TYPE_CHECKING:
     from .._callbacks import UserCode
-    from .._connectors import _SocketConnector
+    from .._connectors import _Address, _SocketConnector
     from .._steps import Step
     from .._timers import DelayedCall
     from ._runtime import Runtime
     from ._seam import Steps
 
-__all__ = ["Attempt", "Deadlines", "tls_handshake"]
+__all__ = ["Attempt", "Connect", "Deadlines", "tls_handshake"]
 
 
 def tls_handshake(raw: socket.socket,
@@ -68,12 +69,12 @@ class Attempt:
     __slots__ = ("_rt", "_stack", "_deliver", "_user", "_done", "_waiting_on", "_job",
                  "_deadlines", "_entry")
 
-    def __init__(self, runtime: Runtime, steps: Steps, timeout: float | None,
+    def __init__(self, runtime: Runtime, steps: Steps | None, timeout: float | None,
                  deliver: Callable[[Any, BaseException | None], None],
-                 user_code: Callable[[], UserCode]) -> None:
+                 user_code: Callable[[], UserCode] | None) -> None:
         self._rt = runtime
         # Generators: the attempt, then nested ones (TLS).
-        self._stack: list[Generator[Step, Any, Any]] = [steps]
+        self._stack: list[Generator[Step, Any, Any]] = [] if steps is None else [steps]
         self._deliver = deliver
         self._user = user_code
         self._done = False
@@ -169,6 +170,7 @@ class Attempt:
         def done(result: Any, exc: BaseException | None) -> None:
             self._job_done(token, result, exc)
 
+        assert self._user is not None  # an attempt of steps has a user-code queue
         user = self._user()
         call = user.run(step.fn, step.args, done, step.threaded)
         self._job = (token, lambda: user.abandon(call))
@@ -225,6 +227,75 @@ class Attempt:
         self._done = True
         self._cancel_deadline()
         deliver_once(self, sock, exc)
+
+
+class Connect(Attempt):
+    """The plain case's attempt, with no generator: one address known
+    without a lookup, no TLS, no user code (see the connector's
+    ``_direct_address``). It makes the same calls as the attempt generator
+    followed by the handle's ``Adopt`` step, through the connector's own
+    methods, and ends the same ways; it only skips the interpreter."""
+
+    __slots__ = ("_connector", "_address", "_sock")
+
+    def __init__(self, runtime: Runtime, connector: _SocketConnector, address: _Address,
+                 timeout: float | None,
+                 deliver: Callable[[Any, BaseException | None], None]) -> None:
+        super().__init__(runtime, None, timeout, deliver, None)
+        self._connector = connector
+        self._address = address
+        self._sock: socket.socket | None = None  # until delivered or closed
+
+    def start(self) -> None:
+        family, type_, proto, sockaddr = self._address
+        try:
+            sock = self._sock = _stdlib_socket()(family, type_ | _SOCK_NONBLOCK, proto)
+            err = self._connector._start_connect(sock, family, sockaddr)
+        except BaseException as exc:
+            self._fail(exc)
+            return
+        if err in _IN_PROGRESS:
+            self._waiting_on = sock
+            self._rt.arm(sock, WRITE, self._resume)
+        else:
+            self._connect_ended(sock, err)
+
+    def _resume(self) -> None:
+        self._waiting_on = None
+        sock = self._sock
+        assert sock is not None  # armed only while it is ours
+        try:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except BaseException as exc:
+            self._fail(exc)
+            return
+        self._connect_ended(sock, err)
+
+    def _connect_ended(self, sock: socket.socket, err: int) -> None:
+        try:
+            self._connector._check_connected(sock, self._address[0], err)
+            sock.setblocking(True)  # the thread backend's Adopt
+        except BaseException as exc:
+            self._fail(exc)
+            return
+        self._sock = None
+        self._finish(sock, None)
+
+    def _fail(self, exc: BaseException) -> None:
+        self._close_socket()
+        self._finish(None, exc)
+
+    def _close_socket(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def _abort(self, exc: BaseException | None) -> None:
+        if self._waiting_on is not None:
+            self._rt.forget(self._waiting_on)
+            self._waiting_on = None
+        self._close_socket()
+        super()._abort(exc)
 
 
 class Deadlines:

@@ -21,12 +21,13 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from .._timers import check_delay
-from ._attempt import Attempt
+from ._attempt import Attempt, Connect
 from ._base import after_fork_in_child, log_negative_delay
 from ._runtime import IDLE, MAX_WORKERS, Runtime
 
 if TYPE_CHECKING:
     from .._callbacks import UserCode
+    from .._connectors import _Address, _SocketConnector
     from .._timers import DelayedCall
     from ._seam import Deliver, Event, Lock, Steps
     from ._workers import Job
@@ -248,6 +249,16 @@ class ThreadBackend:
                       deliver: Callable[[Any, BaseException | None], None],
                       user_code: Callable[[], UserCode]) -> Attempt:
         attempt = Attempt(self._rt, steps, timeout, deliver, user_code)
+        attempt.start()
+        return attempt
+
+    def connect_direct(self, connector: _SocketConnector, address: _Address,
+                       timeout: float | None,
+                       deliver: Callable[[Any, BaseException | None], None]) -> Connect:
+        """As :meth:`start_attempt` for the connector's own attempt followed
+        by an ``Adopt``, when it has a direct address (no lookup, no TLS)
+        and no user code runs: the same calls without the step interpreter."""
+        attempt = Connect(self._rt, connector, address, timeout, deliver)
         attempt.start()
         return attempt
 
