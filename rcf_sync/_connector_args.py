@@ -8,11 +8,13 @@ from __future__ import annotations
 import _socket
 import functools
 import math
-import numbers
 import re
 import socket
 import ssl
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
+
+from ._timeouts import is_integer as _is_integer
+from ._timeouts import is_real
 
 if TYPE_CHECKING:
     from typing_extensions import TypeAlias
@@ -22,11 +24,6 @@ __all__ = ["_is_integer", "_numeric_addresses", "_check_timeout", "_check_ssl", 
 
 #: getaddrinfo's answer less the canonical name: (family, type, proto, sockaddr).
 _Address: TypeAlias = tuple[int, int, int, Any]
-
-
-def _is_integer(value: object) -> bool:
-    """An integer of any kind (``numbers.Integral``), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -51,9 +48,9 @@ def _numeric_addresses(host: str, port: int) -> tuple[_Address, ...]:
 def _check_timeout(timeout: object) -> float | None:
     if timeout is None:
         return None
-    if not isinstance(timeout, numbers.Real) or isinstance(timeout, bool):
+    if not is_real(timeout):
         raise ValueError(f"timeout must be a number of seconds or None, got {timeout!r}")
-    seconds = float(timeout)
+    seconds = float(cast(float, timeout))
     if math.isnan(seconds) or seconds <= 0:
         raise ValueError(f"timeout must be > 0, got {timeout!r}")
     return seconds
@@ -80,24 +77,32 @@ def _check_host(host: object) -> None:
     """``ValueError`` unless ``host`` is an IP address or a DNS name."""
     if not isinstance(host, str) or not host:
         raise ValueError(f"host must be a non-empty host name or address, got {host!r}")
-    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
-    for family in (socket.AF_INET, getattr(socket, "AF_INET6", None)):
-        if family is None:
-            continue
-        try:
-            socket.inet_pton(family, bare.split("%", 1)[0])
-            return
-        except (OSError, ValueError):
-            pass
-    name = bare[:-1] if bare.endswith(".") else bare
-    if len(name) > 253 or not all(_HOST_LABEL.match(label) for label in name.split(".")):
+    if not _valid_host(host):
         raise ValueError(
             f"host must be an IP address or a DNS name (labels of letters, digits and "
             f"hyphens, at most 253 characters), got {host!r}"
         )
 
 
+@functools.lru_cache(maxsize=1024)
+def _valid_host(host: str) -> bool:
+    # Once per host and process: a thousand clients of one server ask alike.
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    for family in (socket.AF_INET, getattr(socket, "AF_INET6", None)):
+        if family is None:
+            continue
+        try:
+            socket.inet_pton(family, bare.split("%", 1)[0])
+            return True
+        except (OSError, ValueError):
+            pass
+    name = bare[:-1] if bare.endswith(".") else bare
+    return len(name) <= 253 and all(_HOST_LABEL.match(label) for label in name.split("."))
+
+
 def _check_options(socket_options: Any) -> tuple[tuple[Any, ...], ...]:
+    if socket_options == ():
+        return ()  # the default
     options = tuple(tuple(opt) for opt in socket_options)
     for opt in options:
         if len(opt) != 3:

@@ -304,11 +304,12 @@ class TCPConnector(_SocketConnector):
         if source_address is not None:
             if not (isinstance(source_address, tuple) and len(source_address) == 2):
                 raise ValueError(f"source_address must be (host, port), got {source_address!r}")
-        for name, value in (("keepalive_idle", keepalive_idle),
-                            ("keepalive_interval", keepalive_interval),
-                            ("keepalive_count", keepalive_count)):
-            if value is not None and (not _is_integer(value) or value < 1):
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        settings = (keepalive_idle, keepalive_interval, keepalive_count)
+        if settings != _SYSTEM_KEEPALIVE:
+            for name, value in zip(("keepalive_idle", "keepalive_interval", "keepalive_count"),
+                                   settings):
+                if value is not None and (not _is_integer(value) or value < 1):
+                    raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         self._owner = None
         self.host = host.strip("[]")
         self.port = int(port)
@@ -318,7 +319,6 @@ class TCPConnector(_SocketConnector):
         self._ssl_context = ssl_context
         self._socket_options = _check_options(socket_options)
         self.keepalive = bool(keepalive)
-        settings = (keepalive_idle, keepalive_interval, keepalive_count)
         self._keepalive = _SYSTEM_KEEPALIVE if settings == _SYSTEM_KEEPALIVE else settings
         # The addresses, when host is an IP literal (empty: it is not).
         self._numeric: Sequence[_Address] | None = None

@@ -90,14 +90,16 @@ class Handle(Leasing, RunsUserCode, ForkSafe):
         for method in ("clientConnectionFailed", "clientConnectionLost", "resetDelay", "stopTrying"):
             if not callable(getattr(factory, method, None)):
                 raise ValueError(f"factory must be a ReconnectingClientFactory, got {factory!r}")
-        for label, fn in (("on_connect", on_connect), ("on_disconnect", on_disconnect)):
-            if fn is not None and not callable(fn):
-                raise ValueError(f"{label} must be callable or None, got {fn!r}")
-        for label, value in (("clock", clock), ("factory.clock", getattr(factory, "clock", None))):
-            if value is not None and not (callable(getattr(value, "callLater", None))
-                                          and callable(getattr(value, "seconds", None))):
-                raise ValueError(f"{label} must provide seconds() and callLater(), got {value!r}")
         factory_clock = getattr(factory, "clock", None)
+        if on_connect is not None or on_disconnect is not None:
+            for label, fn in (("on_connect", on_connect), ("on_disconnect", on_disconnect)):
+                if fn is not None and not callable(fn):
+                    raise ValueError(f"{label} must be callable or None, got {fn!r}")
+        if clock is not None or factory_clock is not None:
+            for label, value in (("clock", clock), ("factory.clock", factory_clock)):
+                if value is not None and not (callable(getattr(value, "callLater", None))
+                                              and callable(getattr(value, "seconds", None))):
+                    raise ValueError(f"{label} must provide seconds() and callLater(), got {value!r}")
         if clock is not None and factory_clock is not None and factory_clock is not clock:
             raise ValueError(
                 f"the factory already has a clock ({factory_clock!r}) and clock={clock!r} was "

@@ -29,8 +29,9 @@ of them compounds its own noise.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Literal, Protocol, TypeVar, cast
+
+from ._timeouts import is_integer, is_real
 
 __all__ = ["JITTER_MODES", "JitterMode", "SupportsUniform", "validate_policy_value", "jittered_delay"]
 
@@ -49,13 +50,9 @@ class SupportsUniform(Protocol):
     def uniform(self, a: float, b: float) -> float: ...
 
 
-def _is_real(value: object) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
 def _require_real(name: str, value: object) -> float:
     """``value`` itself, once known to be a real number other than NaN."""
-    if not _is_real(value):
+    if not is_real(value):
         raise ValueError(f"{name} must be a number, got {value!r}")
     number = cast(float, value)  # a numbers.Real: compares and converts as a float
     if math.isnan(number):
@@ -84,7 +81,7 @@ def validate_policy_value(name: str, value: _V) -> _V:
             raise ValueError(f"jitter must be in [0, 1), got {value!r}")
     elif name == "maxRetries":
         if value is not None:
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            if not is_integer(value):
                 raise ValueError(f"maxRetries must be None or an integer >= 0, got {value!r}")
             if cast(int, value) < 0:
                 raise ValueError(f"maxRetries must be >= 0, got {value!r}")

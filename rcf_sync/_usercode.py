@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import weakref
-from typing import Any, Callable
+from types import FunctionType
+from typing import Any, Callable, NamedTuple
 
 from ._connection import Connection
 from ._factory import ReconnectingClientFactory
@@ -29,40 +31,65 @@ _FACTORY_CALLS = {
     "buildProtocol": ("buildProtocol", "protocol"),  # builds the user's protocol
 }
 _FACTORY_METHODS = tuple(sorted({m for ms in _FACTORY_CALLS.values() for m in ms}))
+#: Always the user's, whatever the class: the protocol it builds.
+_USER_ALWAYS = frozenset({"protocol"})
 
 
-_overrides: weakref.WeakKeyDictionary[type, frozenset[str]] = weakref.WeakKeyDictionary()
+class _ClassFacts(NamedTuple):
+    overridden: frozenset[str]           # the methods the class itself overrides
+    inherited: tuple[str, ...]           # the others, plain functions of ours
+    functions: list[Callable[..., Any]]  # those functions, in that order
+    read: Callable[[object], Any] | None  # their values on an instance, at once
 
 
-def _overridden_in_class(cls: type) -> frozenset[str]:
-    found = _overrides.get(cls)  # once per factory class
-    if found is None:
+_class_facts: weakref.WeakKeyDictionary[type, _ClassFacts] = weakref.WeakKeyDictionary()
+
+
+def _facts_of(cls: type) -> _ClassFacts:
+    facts = _class_facts.get(cls)  # once per factory class
+    if facts is None:
         if not issubclass(cls, ReconnectingClientFactory):
-            found = frozenset(_FACTORY_METHODS)
+            overridden = frozenset(_FACTORY_METHODS)
         else:
-            found = frozenset(m for m in _FACTORY_METHODS if getattr(cls, m, None)
-                              is not getattr(ReconnectingClientFactory, m, None))
-        _overrides[cls] = found
-    return found
+            overridden = frozenset(m for m in _FACTORY_METHODS if getattr(cls, m, None)
+                                   is not getattr(ReconnectingClientFactory, m, None))
+        inherited = tuple(m for m in _FACTORY_METHODS if m not in overridden
+                          and m not in _USER_ALWAYS and callable(getattr(cls, m, None)))
+        functions = [getattr(cls, m) for m in inherited]
+        plain = len(inherited) > 1 and all(type(f) is FunctionType for f in functions)
+        facts = _class_facts[cls] = _ClassFacts(
+            overridden, inherited, functions, operator.attrgetter(*inherited) if plain else None)
+    return facts
+
+
+_FUNCTION_OF = operator.attrgetter("__func__")
 
 
 def _ours_to_run(factory: object) -> frozenset[str]:
     """The factory methods the client may call inline on the loop: those
     that run only our code (a method set on the instance overrides ours as a
     subclass's would). ``buildProtocol`` always builds user code."""
-    cls = type(factory)
+    facts = _facts_of(type(factory))
     # getattr, not factory.__dict__: reading __dict__ would make every
-    # factory hold a real dictionary of its attributes.
-    extra = frozenset(m for m in _FACTORY_METHODS
-                      if getattr(getattr(factory, m, None), "__func__", None)
-                      is not getattr(cls, m, None) and callable(getattr(cls, m, None)))
-    return _ours_given(_overridden_in_class(cls) | extra)
+    # factory hold a real dictionary of its attributes. The usual instance
+    # sets none of the methods: one read of them all, one comparison.
+    read = facts.read
+    if read is not None:
+        try:
+            same = list(map(_FUNCTION_OF, read(factory))) == facts.functions
+        except AttributeError:  # one of them is not a method
+            same = False
+        if same:
+            return _ours_given(facts.overridden)
+    extra = frozenset(m for m, function in zip(facts.inherited, facts.functions)
+                      if getattr(getattr(factory, m, None), "__func__", None) is not function)
+    return _ours_given(facts.overridden | extra)
 
 
 @functools.lru_cache(maxsize=256)
 def _ours_given(overridden: frozenset[str]) -> frozenset[str]:
     # Shared by every factory of a class: a client holds no set of its own.
-    overridden = overridden | {"protocol"}
+    overridden = overridden | _USER_ALWAYS
     return frozenset(name for name, uses in _FACTORY_CALLS.items()
                      if not overridden.intersection(uses))
 

@@ -362,3 +362,20 @@ def test_a_retry_before_the_loss_is_noted_starts_cleanly(kit, server, no_leaks):
             kit.drop(server, n=n)
             assert c.call(echo, b"back", timeout=5) == b"back"
         assert c.stats.losses >= 5 and c.state is S.CONNECTED
+
+
+def test_a_factory_method_set_on_the_instance_runs_off_the_loop_as_an_override(kit, server, no_leaks):
+    """If a factory's startedConnecting is replaced on the instance, then the client calls it off the loop, as it would a subclass's override."""
+    seen = []
+    clients = []
+    factory = quick()
+    factory.startedConnecting = lambda connector: seen.append(clients[0]._backend.in_loop())
+    ran = kit.event()
+    on_loop = []
+    with ReconnectingClient(server.address, factory=factory, backend=kit.name) as c:
+        clients.append(c)
+        c.wait_connected(timeout=5)
+        # What runs on the loop says so: the check below can tell.
+        c.clock.callLater(0, lambda: (on_loop.append(c._backend.in_loop()), ran.set()))
+        assert ran.wait(5) and on_loop == [True]
+    assert seen == [False]

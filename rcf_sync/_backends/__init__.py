@@ -29,14 +29,24 @@ def get_backend(name: object = "auto") -> Backend:
     if name == "auto":
         name = "gevent" if socket_is_patched() else "thread"
     if name == "thread":
-        from ._thread import shared_backend as thread_backend
-
-        return thread_backend()
+        return _made[0] if _made else _thread_backend()
     if name == "gevent":
         from ._gevent import shared_backend as gevent_backend
 
         return gevent_backend()
     raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {name!r}")
+
+
+# The process's one thread backend, once made: it is never replaced (a
+# forked child resets it in place), and an import per client is dear.
+_made: list[Backend] = []
+
+
+def _thread_backend() -> Backend:
+    from ._thread import shared_backend
+
+    _made.append(shared_backend())
+    return _made[0]
 
 
 def default_clock() -> IReactorTime[Any]:
