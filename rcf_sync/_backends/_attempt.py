@@ -204,18 +204,23 @@ class Attempt:
         job, self._job = self._job, None
         if job is not None:
             job[1]()  # abandon it: a hung job no longer holds a worker or the user queue
-        while self._stack:
-            gen = self._stack.pop()
-            try:
-                gen.close()
-            except Exception:
-                pass
+        self._close_steps()
         if exc is None:
             self._done = True
             self._deliver = _delivered
             self._cancel_deadline()
         else:
             self._finish(None, exc)
+
+    def _close_steps(self) -> None:
+        """Close what the attempt holds (its generators close their sockets),
+        once nothing waits on them."""
+        while self._stack:
+            gen = self._stack.pop()
+            try:
+                gen.close()
+            except Exception:
+                pass
 
     def _cancel_deadline(self) -> None:
         entry, self._entry = self._entry, None
@@ -282,20 +287,13 @@ class Connect(Attempt):
         self._finish(sock, None)
 
     def _fail(self, exc: BaseException) -> None:
-        self._close_socket()
+        self._close_steps()
         self._finish(None, exc)
 
-    def _close_socket(self) -> None:
+    def _close_steps(self) -> None:
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
-
-    def _abort(self, exc: BaseException | None) -> None:
-        if self._waiting_on is not None:
-            self._rt.forget(self._waiting_on)
-            self._waiting_on = None
-        self._close_socket()
-        super()._abort(exc)
 
 
 class Deadlines:
