@@ -11,7 +11,7 @@ import math
 import re
 import socket
 import ssl
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 from ._timeouts import is_integer as _is_integer
 from ._timeouts import is_real
@@ -50,7 +50,7 @@ def _check_timeout(timeout: object) -> float | None:
         return None
     if not is_real(timeout):
         raise ValueError(f"timeout must be a number of seconds or None, got {timeout!r}")
-    seconds = float(cast(float, timeout))
+    seconds = float(timeout)
     if math.isnan(seconds) or seconds <= 0:
         raise ValueError(f"timeout must be > 0, got {timeout!r}")
     return seconds

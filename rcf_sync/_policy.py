@@ -29,7 +29,7 @@ of them compounds its own noise.
 from __future__ import annotations
 
 import math
-from typing import Literal, Protocol, TypeVar, cast
+from typing import Literal, Protocol, TypeVar
 
 from ._timeouts import is_integer, is_real
 
@@ -54,10 +54,9 @@ def _require_real(name: str, value: object) -> float:
     """``value`` itself, once known to be a real number other than NaN."""
     if not is_real(value):
         raise ValueError(f"{name} must be a number, got {value!r}")
-    number = cast(float, value)  # a numbers.Real: compares and converts as a float
-    if math.isnan(number):
+    if math.isnan(value):
         raise ValueError(f"{name} must not be NaN, got {value!r}")
-    return number
+    return value
 
 
 def validate_policy_value(name: str, value: _V) -> _V:
@@ -83,7 +82,7 @@ def validate_policy_value(name: str, value: _V) -> _V:
         if value is not None:
             if not is_integer(value):
                 raise ValueError(f"maxRetries must be None or an integer >= 0, got {value!r}")
-            if cast(int, value) < 0:
+            if value < 0:
                 raise ValueError(f"maxRetries must be >= 0, got {value!r}")
     elif name == "maxElapsed":
         if value is not None:

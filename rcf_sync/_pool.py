@@ -14,7 +14,6 @@ connection does not by itself start a back-off: the next attempt tells.
 
 from __future__ import annotations
 
-import numbers
 import socket
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -26,6 +25,7 @@ from ._handle import _DEFAULT_HOOK_TIMEOUT, Handle, _Pending
 from ._liveness import Liveness
 from ._reasons import ClosedHere
 from ._state import State
+from ._timeouts import is_integer
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -61,7 +61,7 @@ class ReconnectingPool(Liveness, Handle):
                  name: str | None = None, *,
                  on_connect_timeout: float | None = _DEFAULT_HOOK_TIMEOUT,
                  lost_on: type[BaseException] | tuple[type[BaseException], ...] = ()) -> None:
-        if not isinstance(size, numbers.Integral) or isinstance(size, bool) or size < 1:
+        if not is_integer(size) or size < 1:
             raise ValueError(f"size must be an integer >= 1, got {size!r}")
         if factory is not None and uses_protocol(factory):
             raise ValueError(

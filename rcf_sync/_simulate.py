@@ -18,7 +18,6 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
-import numbers
 import random
 from collections.abc import Mapping
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 from ._errors import NotConnectingError
 from ._factory import ReconnectingClientFactory
 from ._policy import JITTER_MODES
+from ._timeouts import is_integer, is_real
 from .testing._clock import FakeClock
 
 __all__ = ["POLICY_ATTRIBUTES", "policy_of", "sample_schedule", "simulate_herd"]
@@ -76,13 +76,13 @@ def _percentile(ordered: list[float], q: float) -> float:
 
 
 def _check_count(name: str, value: object) -> int:
-    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+    if not is_integer(value) or value < 1:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     return int(value)
 
 
 def _check_seconds(name: str, value: object, *, positive: bool = False) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+    if not is_real(value) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number of seconds, got {value!r}")
     seconds = float(value)
     if seconds < 0 or (positive and seconds == 0):
@@ -151,7 +151,7 @@ def sample_schedule(
     """
     attempts = _check_count("attempts", attempts)
     samples = _check_count("samples", samples)
-    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool):
+    if not is_integer(seed):
         raise ValueError(f"seed must be an integer, got {seed!r}")
     kwargs = _factory_kwargs(policy)
 

@@ -7,20 +7,24 @@ import math
 import numbers
 import time
 from collections.abc import Iterable
-from typing import cast
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeGuard
 
 __all__ = ["is_real", "is_integer", "_check_timeout", "_check_lost_on", "_deadline", "_remaining"]
 
 
-def is_real(value: object) -> bool:
-    """A real number of any kind (``numbers.Real``), not a bool. The built-in
+def is_real(value: object) -> TypeGuard[float]:
+    """A real number of any kind (``numbers.Real``), not a bool; for type
+    checkers, a float (it compares and converts as one). The built-in
     types are asked first: an ABC check costs a microsecond, and a client
     makes a few at construction."""
     kind = type(value)
     return kind is float or kind is int or (kind is not bool and isinstance(value, numbers.Real))
 
 
-def is_integer(value: object) -> bool:
+def is_integer(value: object) -> TypeGuard[int]:
     """An integer of any kind (``numbers.Integral``), not a bool."""
     kind = type(value)
     return kind is int or (kind is not bool and isinstance(value, numbers.Integral))
@@ -29,14 +33,13 @@ def is_integer(value: object) -> bool:
 def _check_timeout(timeout: object, what: str = "timeout") -> float | None:
     if timeout is None:
         return None
-    seconds = cast(float, timeout)  # once is_real: compares and converts as a float
-    if not is_real(timeout) or math.isnan(seconds):
+    if not is_real(timeout) or math.isnan(timeout):
         raise ValueError(f"{what} must be a number of seconds or None, got {timeout!r}")
-    if seconds < 0:
+    if timeout < 0:
         raise ValueError(f"{what} must be >= 0 or None, got {timeout!r}")
-    if math.isinf(seconds):
+    if math.isinf(timeout):
         return None  # waiting forever is what None says
-    return float(seconds)
+    return float(timeout)
 
 
 def _check_lost_on(lost_on: object) -> tuple[type[BaseException], ...]:

@@ -14,11 +14,11 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-import numbers
 import threading
 from typing import Any, Callable
 
 from ._errors import AlreadyCalled, AlreadyCancelled
+from ._timeouts import is_real
 
 __all__ = ["DelayedCall", "TimerQueue", "check_delay"]
 
@@ -28,7 +28,7 @@ def check_delay(seconds: object, what: str = "delay") -> float:
     for a non-number or NaN (negative values are the caller's to judge)."""
     if type(seconds) is float and not math.isnan(seconds):  # the usual case
         return seconds
-    if not isinstance(seconds, numbers.Real) or isinstance(seconds, bool):
+    if not is_real(seconds):
         raise TypeError(f"{what} must be a number of seconds, got {seconds!r}")
     number = float(seconds)
     if math.isnan(number):

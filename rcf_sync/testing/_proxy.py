@@ -28,13 +28,13 @@ side (back-pressure, as TCP itself would apply).
 from __future__ import annotations
 
 import math
-import numbers
 import operator
 import selectors
 import socket
 import threading
 from typing import TYPE_CHECKING, Any, Callable
 
+from .._timeouts import is_real
 from ._proxy_loop import _ProxyLoop
 from ._proxy_parts import _WAKE, _Command, _Conn, _loopback_host, _port
 
@@ -276,7 +276,7 @@ class FaultProxy(_ProxyLoop):
         Order is kept. ``ValueError`` for a negative, infinite or NaN value,
         ``TypeError`` for a non-number, ``RuntimeError`` if not running.
         Thread-safe."""
-        if not isinstance(seconds, numbers.Real) or isinstance(seconds, bool):
+        if not is_real(seconds):
             raise TypeError(f"delay must be a number of seconds, got {seconds!r}")
         seconds = float(seconds)
         if not math.isfinite(seconds) or seconds < 0:
