@@ -19,7 +19,7 @@ from ._errors import GaveUp
 from ._factory import uses_protocol
 from ._fork import live as _live
 from ._handle import _DEFAULT_HOOK_TIMEOUT, _Pending
-from ._leasing import _Lease
+from ._leasing import _StreamLease
 from ._reasons import PeerClosed
 from ._state import Event, State
 from ._stats import Stats
@@ -254,10 +254,9 @@ class ReconnectingClient(ClientLoop):
 
     # -- caller side -----------------------------------------------------------
 
-    def _lease_until(self, deadline: float | None) -> _Lease:
-        lease = _Lease(self, None, raw=True)
-        lease._timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-        return lease
+    def _lease_until(self, deadline: float | None) -> _StreamLease:
+        return _StreamLease(self, None if deadline is None
+                            else max(0.0, deadline - time.monotonic()))
 
     def _still_ours_locked(self, conn: Connection) -> bool:
         return self._conn is conn

@@ -15,7 +15,13 @@ hot path of a lease: ``list.pop()`` is one atomic step), the loop removes it
 under the lock. Whoever took it then writes ``owner``; every other change of
 ``owner`` is made under the lock. So, under the lock, a connection whose
 ``owner`` still reads ``IDLE`` but that is no longer in ``_idle`` is being
-taken by a caller, and is treated as leased (see ``Handle._claim_locked``).
+taken or given back by a caller, and is treated as leased (see
+``Handle._claim_locked``). A caller gives one back without the lock too
+(``IDLE``, then the append), then reads ``doomed``, the handle's
+``_closed`` and its queued callers, each written under the lock by whoever
+looked for it in the list first; if any is set it claims the connection
+back under the lock, unless somebody already took it, who then sees the
+same.
 
 A connection used through the handle's own ``sendall()`` / ``recv()`` is
 a *stream*: its user reads the reply in a later lease than the one that sent
@@ -79,7 +85,7 @@ class Connection:
     """A live connection of a client or pool (not public)."""
 
     __slots__ = ("sock", "session", "serial", "handle", "owner", "doomed", "stream", "watch",
-                 "heartbeat", "released_at", "released_by", "_poll", "_pending")
+                 "heartbeat", "released_at", "holder", "_poll", "_pending")
 
     def __init__(self, sock: socket.socket, serial: int, session: object = None,
                  handle: Any = None) -> None:
@@ -95,11 +101,13 @@ class Connection:
         # Loop only (set right after creation, cleared on close):
         self.watch: IdleWatch | None = None
         self.heartbeat: IDelayedCall | Cancellable | None = None  # timer, or beat running
-        # Written by its holder as it gives it back (a caller, or the loop
-        # after a heartbeat: released_by None), read by the next lease and
-        # the heartbeat: when, and by whom (the backend's caller_id()).
+        # Written by the caller it is handed to (``holder``: the backend's
+        # caller_id()) and as it gives it back (``released_at``); by the loop
+        # after a heartbeat, and by the usual path of a release (``holder``
+        # None: check it at the next lease). Read by the next lease and the
+        # heartbeat.
         self.released_at = 0.0
-        self.released_by: object = None
+        self.holder: object = None
         self._poll: Any = None  # lease_check's poll object, made on first use
         # TLS: bytes already decrypted wait in the SSL object, not the kernel.
         self._pending: Callable[[], int] | None = getattr(sock, "pending", None)

@@ -118,7 +118,8 @@ class Handle(Leasing, RunsUserCode, ForkSafe):
         self._caller_thread = self._backend.caller_thread  # None: any thread
         self._thread_ident = getattr(self._backend, "thread_ident", None)
         self._caller_id = self._backend.caller_id  # who gives a connection back
-        self._pauses = self._backend.name == "gevent"  # its idle watch stops during leases
+        # Tell idle watches of each lease (gevent's stop during one):
+        self._tell_watch = getattr(self._backend, "watch_follows_leases", True)
         self._ours = _ours_to_run(factory)  # factory methods safe to run inline
         self._trusted = len(self._ours) == len(_FACTORY_CALLS) - 1  # all but buildProtocol
         self._factory_clock = None   # loop: the _TrackingClock while running

@@ -8,10 +8,11 @@ lease hands the connection to the oldest queued caller, or back to idle; an
 error discards it. Every wait is on an event replaced at each change,
 against one monotonic deadline; nothing polls.
 
-The hot path (``_take_now``, ``_give_now``) costs one lock block per lease:
-taking pops the idle list without the lock (``list.pop()`` is atomic; see
-``_connection``), giving back takes the lock once. The kernel check is
-skipped for a connection the same caller gave back less than
+The hot path (``_take_now``, ``_give_now``) takes no lock: taking pops the
+idle list, giving back appends to it (each one atomic step; see
+``_connection``), and each then reads what the other side writes under the
+lock (doomed, closed, a queued caller). The kernel check is
+skipped for a connection the same caller held last and gave back less than
 ``RECHECK_AFTER`` ago: a caller in a tight loop pays no system call per
 lease, while any connection that changed hands, sat idle, or came back
 through the loop is checked. (In such a loop, bytes a server pushes arrive
@@ -51,33 +52,41 @@ class _Lease:
     """What ``connection()`` returns: a context manager lending the
     connection to one caller."""
 
-    __slots__ = ("_handle", "_timeout", "_conn", "_raw")
+    __slots__ = ("_handle", "_timeout", "_conn")
 
-    def __init__(self, handle: Leasing, timeout: float | None, raw: bool = False) -> None:
+    def __init__(self, handle: Leasing, timeout: float | None) -> None:
         self._handle = handle
-        self._timeout = None if timeout is None else _check_timeout(timeout)
-        self._conn: Connection | None = None
-        # The handle's own sendall()/recv(): hand out the socket even when
-        # on_connect made a session, and use the connection as a stream.
-        self._raw = raw
+        self._timeout = timeout  # checked by the caller
+        # _conn: set by __enter__ (what __exit__ gives back)
 
     def __enter__(self) -> Any:
-        handle, timeout = self._handle, self._timeout
-        if self._raw:
-            self._conn = conn = handle._acquire(
-                None if timeout is None else time.monotonic() + timeout, True)
-            return conn.sock
-        self._conn = conn = handle._take_now() or handle._acquire(
-            None if timeout is None else time.monotonic() + timeout)
+        handle = self._handle
+        self._conn = conn = handle._take_now() or handle._acquire(self._deadline())
         return conn.session
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        conn, self._conn = self._conn, None
-        assert conn is not None, "__exit__ without __enter__"
+        conn = self._conn
+        del self._conn  # AttributeError for an __exit__ without __enter__
         if exc is None and self._handle._give_now(conn):
             return
         self._handle._release(conn, exc)  # raises ConnectionLost, or lets exc through
+
+    def _deadline(self) -> float | None:
+        timeout = self._timeout
+        return None if timeout is None else time.monotonic() + timeout
+
+
+class _StreamLease(_Lease):
+    """The handle's own ``sendall()``/``recv()``: the socket even when
+    ``on_connect`` made a session, and the connection used as a stream
+    (never through the hot path, which would not mark it)."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> Any:
+        self._conn = conn = self._handle._acquire(self._deadline(), True)
+        return conn.sock
 
 
 class Leasing(HandleParts):
@@ -103,7 +112,7 @@ class Leasing(HandleParts):
         ``GaveUp`` and ``ClientClosed``. Thread-safe."""
         if self._proto_mode:
             self._refuse_socket("connection()")
-        return _Lease(self, timeout)
+        return _Lease(self, None if timeout is None else _check_timeout(timeout))
 
     def call(self, fn: Callable[..., R], *args: Any, attempts: int | None = None,
              timeout: float | None = None, lost_on: object = (), **kwargs: Any) -> R:
@@ -190,13 +199,13 @@ class Leasing(HandleParts):
 
     def _take_now(self) -> Connection | None:
         """The hot path of a lease: an idle connection, taken without the
-        lock, checked (or given back by this caller an instant ago), or None:
-        take the usual path (``_acquire``)."""
+        lock, that this caller gave back an instant ago (else checked), or
+        None: take the usual path (``_acquire``)."""
         idle = self._idle
         if not idle:
             return None
-        if self._caller_thread is not None or self._revive:
-            self._enter()
+        if self._caller_thread is not None:
+            self._enter()  # (a forked child has no idle connection to take)
         try:
             conn = idle.pop()
         except IndexError:  # another caller took it first
@@ -204,15 +213,26 @@ class Leasing(HandleParts):
         conn.owner = LEASED
         # Read after the write above: whoever dooms a connection, or closes
         # the handle, does so after finding it no longer in the idle list.
+        me = self._caller_id()
+        if (conn.doomed is None and not self._closed and conn.holder == me
+                and _now() - conn.released_at < RECHECK_AFTER and not self._tell_watch):
+            return conn
+        return self._vet(conn, me)
+
+    def _vet(self, conn: Connection, me: object) -> Connection | None:
+        """``_take_now`` for a connection it could not hand out at once to
+        caller ``me``: doomed, closed, checked by the kernel, or its watch
+        told."""
         if conn.doomed is not None or self._closed:
             self._release(conn, None)
             return None
-        if _now() - conn.released_at >= RECHECK_AFTER or conn.released_by != self._caller_id():
+        if _now() - conn.released_at >= RECHECK_AFTER or conn.holder != me:
             problem = lease_check(conn)
             if problem is not None:
                 self._mark_lost(conn, problem, wait=True)
                 return None
-        if self._pauses:
+            conn.holder = me
+        if self._tell_watch:
             watch = conn.watch
             if watch is not None:
                 watch.leased()
@@ -220,25 +240,38 @@ class Leasing(HandleParts):
 
     def _give_now(self, conn: Connection) -> bool:
         """The hot path of ending a lease that raised nothing: back to idle
-        in one lock block. False: take the usual path (``_release``)."""
+        without the lock. False: take the usual path (``_release``)."""
         sock = conn.sock
         if sock.gettimeout() is not None:  # the caller set one: back to blocking
             try:
                 sock.settimeout(None)
             except OSError:
                 return False
+        if conn.owner is not LEASED:  # dropped in a forked child
+            return False
         conn.released_at = now = _now()
-        conn.released_by = self._caller_id()
-        with self._lock:
-            if (conn.owner is not LEASED or conn.doomed is not None or self._leases.tickets
-                    or self._closed):
-                return False
-            conn.owner = IDLE
-            self._idle.append(conn)
-        watch = conn.watch
-        if watch is not None:
-            watch.released(now)
+        conn.owner = IDLE
+        self._idle.append(conn)
+        # Read after the append: whoever dooms a connection, closes the
+        # handle or queues for a lease does so under the lock, then looks
+        # for it in the idle list.
+        if conn.doomed is not None or self._closed or self._leases.tickets:
+            self._recall(conn)
+        elif self._tell_watch:
+            watch = conn.watch
+            if watch is not None:
+                watch.released(now)
         return True
+
+    def _recall(self, conn: Connection) -> None:
+        """``_give_now`` found a reason not to leave ``conn`` idle: take it
+        back, if nobody took it first, and end the lease the usual way
+        (discard it, or hand it to the oldest queued caller)."""
+        with self._lock:
+            if not self._claim_locked(conn):
+                return  # a caller took it (and sees what we saw) or the loop did
+            conn.owner = LEASED
+        self._release(conn, None)
 
     def _acquire(self, deadline: float | None, stream: bool = False) -> Connection:
         if self._caller_thread is not None or self._revive:
@@ -252,8 +285,9 @@ class Leasing(HandleParts):
                 conn.stream = True
             problem = lease_check(conn)
             if problem is None:
+                conn.holder = self._caller_id()
                 watch = conn.watch
-                if self._pauses and watch is not None:
+                if self._tell_watch and watch is not None:
                     watch.leased()
                 return conn
             # Never hand out a stream with bytes nobody asked for, or a
@@ -321,7 +355,7 @@ class Leasing(HandleParts):
                 exc = error
         if exc is None:
             now = _now()
-            conn.released_at, conn.released_by = now, None
+            conn.released_at, conn.holder = now, None
             ticket = None
             idle = False
             with self._lock:
@@ -336,7 +370,7 @@ class Leasing(HandleParts):
                 self._mark_lost(conn, doomed, wait=True)
             elif ticket is not None:
                 ticket.event.set()
-            elif idle and conn.watch is not None:
+            elif idle and self._tell_watch and conn.watch is not None:
                 conn.watch.released(now)
             return False
         exc = _timeout_compatible(exc)

@@ -30,9 +30,13 @@ from ._steps import UserCall
 __all__ = ["Liveness"]
 
 
+# One function each for every idle watch: no bound method held per connection.
 def _idle_event_of(conn: Connection) -> None:
-    # One function for every idle watch: no bound method held per connection.
     conn.handle._idle_event(conn)
+
+
+def _idle_since_of(conn: Connection) -> float | None:
+    return conn.released_at if conn.owner is Owner.IDLE else None
 
 
 class Liveness(HandleParts):
@@ -42,7 +46,7 @@ class Liveness(HandleParts):
 
     def _watch(self, conn: Connection) -> None:
         """Loop: start the idle watch of a new connection."""
-        conn.watch = self._backend.watch_idle(conn.sock, _idle_event_of, conn)
+        conn.watch = self._backend.watch_idle(conn.sock, _idle_event_of, conn, _idle_since_of)
 
     def _idle_event(self, conn: Connection) -> None:
         with self._lock:
@@ -115,7 +119,7 @@ class Liveness(HandleParts):
             self._schedule_heartbeat(conn, max(0.0, interval - idle_for)
                                      if conn.owner is Owner.IDLE else None)
             return
-        if self._pauses and conn.watch is not None:
+        if self._tell_watch and conn.watch is not None:
             conn.watch.leased()
 
         def beat(sock: socket.socket = conn.sock) -> None:
@@ -133,7 +137,7 @@ class Liveness(HandleParts):
             if exc is not None:
                 self._mark_lost(conn, exc)
                 return
-            conn.released_at, conn.released_by = time.monotonic(), None
+            conn.released_at, conn.holder = time.monotonic(), None
             self._give_back(conn)
             with self._lock:
                 alive = conn.owner is not Owner.DEAD

@@ -39,7 +39,7 @@ class HandleParts:
 
     __slots__ = (
         "__weakref__", "_name", "factory", "clock", "_backend", "_connector", "_user_code",
-        "_trusted", "_ours", "_pauses", "_caller_thread", "_caller_id",
+        "_trusted", "_ours", "_tell_watch", "_caller_thread", "_caller_id",
         "_thread_ident", "_idle", "_lost_on", "_on_connect", "_on_connect_timeout", "_on_disconnect",
         "_saved_clock", "_heartbeat", "_heartbeat_interval", "_lock", "_leases", "_state",
         "_closed", "_halted", "_stats", "_stop_reason", "_changed", "_waiters",
@@ -84,7 +84,7 @@ class HandleParts:
         _connector: Connector
         _trusted: bool
         _ours: frozenset[str]
-        _pauses: bool
+        _tell_watch: bool
         _caller_thread: int | None
         _caller_id: Callable[[], object]
         _thread_ident: Callable[[], int] | None

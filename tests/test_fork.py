@@ -20,7 +20,13 @@ import fork_helpers
 import pytest
 from conftest import echo, our_threads, socket_fds
 
-from rcf_sync import ReconnectingClient, ReconnectingClientFactory, ReconnectingPool, State
+from rcf_sync import (
+    ReconnectingClient,
+    ReconnectingClientFactory,
+    ReconnectingPool,
+    State,
+    _leasing,
+)
 from rcf_sync.testing import EchoServer
 
 HERE = Path(__file__).resolve().parent
@@ -104,6 +110,33 @@ def test_client_made_before_fork_works_in_child(server, no_leaks):
         assert c.wait_connected(timeout=5) is parent_sock
         assert c.stats.losses == 0 and c.stats.connects == 1
     assert server.accepted == 2
+
+
+def test_a_lease_held_across_fork_hands_the_child_no_dead_socket(server, no_leaks,
+                                                                 monkeypatch):
+    """If a process forks inside a lease, then the child's end of that lease does not put the parent's connection (closed in the child) back to use: the child's next lease is a connection of its own, and the parent's lease goes on."""
+    # Every give-back looks an instant old: the kernel check would not
+    # catch a dead socket handed on by the hot path.
+    monkeypatch.setattr(_leasing, "_now", lambda: 1000.0)
+    with ReconnectingClient(server.address, factory=quick(), backend="thread") as c:
+        c.wait_connected(timeout=5)
+        lease = c.connection(timeout=5)
+        parent_sock = lease.__enter__()
+        parent_port = parent_sock.getsockname()[1]
+        try:
+            def child():
+                lease.__exit__(None, None, None)
+                with c.connection(timeout=5) as sock:
+                    if sock.fileno() == -1:
+                        return "the parent's closed socket"
+                    return sock.getsockname()[1]
+
+            port = in_child(child)
+            assert echo(parent_sock, b"parent") == b"parent"
+        finally:
+            lease.__exit__(None, None, None)
+        assert port != "the parent's closed socket" and port != parent_port
+        assert c.stats.losses == 0 and c.stats.connects == 1
 
 
 def test_pool_made_before_fork_works_in_child(server, no_leaks):

@@ -1,6 +1,6 @@
 """The hot path of a lease (both backends): an idle connection is taken
-without the handle's lock and given back in one lock block; the kernel check
-is skipped only for a connection its own caller gave back an instant ago.
+and given back without the handle's lock; the kernel check is skipped only
+for a connection its own caller gave back an instant ago.
 Time on that path is driven by replacing its clock (``_leasing._now``)."""
 
 import threading
@@ -17,6 +17,7 @@ from rcf_sync import (
     ReconnectingPool,
     _leasing,
 )
+from rcf_sync._connection import DEAD
 
 
 def quick():
@@ -240,6 +241,74 @@ def test_pool_hot_leases_stay_exclusive(kit, server, no_leaks):
         assert errors == []
         assert len(replies) == 500
         assert pool.stats.connects <= 2
+
+
+class HookedIdle(list):
+    """An idle list that runs ``hook(conn)`` once, just before its next
+    append: what the loop or another caller may do in the instant a lease
+    ends on the hot path (the connection marked idle, not yet in the list)."""
+
+    def __init__(self, items, hook):
+        super().__init__(items)
+        self.hook = hook
+
+    def append(self, conn):
+        hook, self.hook = self.hook, None
+        if hook is not None:
+            hook(conn)
+        super().append(conn)
+
+
+def test_a_connection_doomed_as_its_lease_ends_is_discarded_at_once(kit, server, no_leaks):
+    """If the connection is found lost in the instant its lease ends on the hot path, then that lease's end discards it: no idle dead connection waits for the next caller."""
+    with ReconnectingClient(server.address, factory=quick(), backend=kit.name) as c:
+        c.wait_connected(timeout=5)
+        with c.connection(timeout=5) as first:
+            c._idle = HookedIdle(c._idle, lambda conn: c._mark_lost(
+                conn, ConnectionResetError("lost as the lease ended")))
+            assert echo(first, b"one") == b"one"
+        assert list(c._idle) == []
+        assert c.stats.losses == 1
+        assert c.call(echo, b"two", timeout=5) == b"two"
+        assert c.stats.connects == 2
+
+
+def test_a_connection_given_back_as_the_client_closes_is_not_left_idle(kit, server, no_leaks):
+    """If the client closes in the instant a lease ends on the hot path, then the connection does not go back to the idle list of the closed client."""
+    c = ReconnectingClient(server.address, factory=quick(), backend=kit.name).start()
+    c.wait_connected(timeout=5)
+    with c.connection(timeout=5) as sock:
+        c._idle = HookedIdle(c._idle, lambda conn: c.close())
+        assert echo(sock, b"one") == b"one"
+        conn = c._conn
+    assert c._closed and list(c._idle) == []
+    assert conn.owner is DEAD
+    with pytest.raises(ClientClosed):
+        c.call(echo, b"after", timeout=1)
+
+
+def test_a_caller_queued_as_a_lease_ends_is_handed_the_connection(kit, server, no_leaks):
+    """If a caller queues for the connection in the instant a lease ends on the hot path, then it is handed that connection at once instead of waiting beside an idle one."""
+    got = []
+
+    def second_caller():
+        with c.connection(timeout=5) as sock:
+            got.append(sock)
+            assert echo(sock, b"two") == b"two"
+
+    def queue_second(conn):
+        workers.append(kit.spawn(second_caller))
+        assert c.wait_waiting(1, timeout=5) == 1
+
+    workers = []
+    with ReconnectingClient(server.address, factory=quick(), backend=kit.name) as c:
+        c.wait_connected(timeout=5)
+        with c.connection(timeout=5) as first:
+            c._idle = HookedIdle(c._idle, queue_second)
+            assert echo(first, b"one") == b"one"
+        kit.join_all(workers, 5)
+        assert got == [first]
+        assert c.stats.connects == 1 and c.stats.losses == 0
 
 
 def test_a_lease_after_close_is_refused_while_the_background_still_closes(server, no_leaks,

@@ -258,6 +258,7 @@ class GeventBackend:
     (``caller_thread``); a call from another OS thread raises."""
 
     name = "gevent"
+    watch_follows_leases = True  # its watcher stops during a lease
 
     def event(self) -> Any:  # a gevent.event.Event (gevent ships no types)
         return gevent.event.Event()
@@ -330,9 +331,9 @@ class GeventBackend:
         Returns a job with ``abandon()``."""
         return _Job(self, fn, args, deliver, threaded)
 
-    def watch_idle(self, sock: socket.socket, callback: Callable[[Any], None],
-                   arg: Any) -> _IdleWatch:
-        return _IdleWatch(self, sock, callback, arg)
+    def watch_idle(self, sock: socket.socket, callback: Callable[[Any], None], arg: Any,
+                   idle_since: Callable[[Any], float | None]) -> _IdleWatch:
+        return _IdleWatch(self, sock, callback, arg)  # it follows leases instead
 
     def __repr__(self) -> str:
         return "<GeventBackend>"

@@ -45,11 +45,13 @@ class IdleWatch(Protocol):
     """Watches an idle connection for bytes nobody asked for and hang-ups."""
 
     def leased(self) -> None:
-        """The lease holder took the connection."""
+        """The lease holder took the connection (called only when the
+        backend's ``watch_follows_leases`` is true)."""
         ...
 
     def released(self, now: float) -> None:
-        """The lease holder gave it back idle (at ``time.monotonic()`` ``now``)."""
+        """The lease holder gave it back idle (at ``time.monotonic()``
+        ``now``; called only when ``watch_follows_leases`` is true)."""
         ...
 
     def rearm(self) -> None:
@@ -82,6 +84,14 @@ class Backend(Protocol):
     @property
     def clock(self) -> IReactorTime[Any]:
         """The real clock (monotonic seconds) whose calls run on the loop."""
+        ...
+
+    @property
+    def watch_follows_leases(self) -> bool:
+        """True: the handle tells each idle watch of every lease
+        (``leased()``/``released()``); false: the watch reads
+        ``idle_since(arg)`` when it needs to know, and a lease costs it
+        nothing."""
         ...
 
     @property
@@ -145,8 +155,13 @@ class Backend(Protocol):
         """Run user code off the loop; ``deliver(result, exc)`` on the loop."""
         ...
 
-    def watch_idle(self, sock: socket.socket, callback: Callable[[Any], None],
-                   arg: Any) -> IdleWatch: ...
+    def watch_idle(self, sock: socket.socket, callback: Callable[[Any], None], arg: Any,
+                   idle_since: Callable[[Any], float | None]) -> IdleWatch:
+        """Call ``callback(arg)`` on the loop when the idle connection on
+        ``sock`` has bytes or hangs up. ``idle_since(arg)``: the
+        ``time.monotonic()`` at which it was last given back, None while
+        someone holds it."""
+        ...
 
     def settle(self, timeout: float) -> None:
         """Wait (bounded) until what the backend cancelled is gone."""

@@ -136,21 +136,24 @@ class _Arming:
 
 class _IdleWatch:
     """Calls ``callback(arg)`` on the loop when an idle connection has bytes
-    nobody asked for or is closed by the peer. ``leased()`` and
-    ``released()`` are called by the lease holder; the rest on the loop."""
+    nobody asked for or is closed by the peer. The lease holder tells it
+    nothing: ``idle_since(arg)`` (when the connection was last given back,
+    None while someone holds it) is read at each arming round. Loop only."""
 
-    __slots__ = ("_rt", "_sock", "_callback", "_arg", "_armed", "_queued", "_closed", "_since")
+    __slots__ = ("_rt", "_sock", "_callback", "_arg", "_idle_since", "_armed", "_queued",
+                 "_closed", "_fired")
 
     def __init__(self, runtime: Runtime, sock: socket.socket, callback: Callable[[Any], None],
-                 arg: Any) -> None:
+                 arg: Any, idle_since: Callable[[Any], float | None]) -> None:
         self._rt = runtime
         self._sock = sock
         self._callback = callback
         self._arg = arg
-        self._armed = False     # registered in the poller (loop only)
+        self._idle_since = idle_since
+        self._armed = False     # registered in the poller
         self._queued = False    # waiting for an arming round
         self._closed = False
-        self._since = 0.0       # when it was last released
+        self._fired = 0.0       # when it last fired
         self.rearm()
 
     def rearm(self) -> None:
@@ -164,28 +167,35 @@ class _IdleWatch:
 
     def _fire(self) -> None:
         self._armed = False
-        if not self._closed:
-            self._callback(self._arg)
+        if self._closed:
+            return
+        self._fired = time.monotonic()
+        self._callback(self._arg)
+        # Fired during a lease (its reply), or on a stream whose reply waits:
+        # arm again once it has been given back after this and left idle.
+        if not (self._closed or self._armed or self._queued):
+            self._queue()
 
     __call__ = _fire
+
+    def _queue(self) -> None:
+        self._queued = True
+        self._rt.arming.queue(self)
 
     def _sweep(self, now: float) -> None:
         if self._closed or self._armed:
             return
-        if now - self._since >= ARM_AFTER / 2:
+        since = self._idle_since(self._arg)
+        if since is not None and since >= self._fired and now - since >= ARM_AFTER / 2:
             self.rearm()
-        else:  # in use again: look at it next round
-            self._queued = True
-            self._rt.arming.queue(self)
+        else:  # held, or in use again, or not given back since it fired
+            self._queue()
 
     def leased(self) -> None:
-        pass  # a watch that fires during a lease only marks itself unarmed
+        """Not called (``watch_follows_leases`` is false): see ``_sweep``."""
 
     def released(self, now: float) -> None:
-        self._since = now
-        if not self._armed and not self._queued:
-            self._queued = True
-            self._rt.arming.queue(self)
+        """Not called (``watch_follows_leases`` is false): see ``_sweep``."""
 
     def abandon(self) -> None:
         """After a fork: the registration is the parent's poller's; just
@@ -207,6 +217,7 @@ class ThreadBackend:
 
     name = "thread"
     caller_thread: int | None = None  # any thread may use its clients
+    watch_follows_leases = False  # an idle watch reads the connection's release stamp
 
     def __init__(self, runtime: Runtime) -> None:
         self._rt = runtime
@@ -268,9 +279,9 @@ class ThreadBackend:
         loop. Returns a job with ``abandon()``."""
         return self._rt.workers.submit(fn, args, deliver)
 
-    def watch_idle(self, sock: socket.socket, callback: Callable[[Any], None],
-                   arg: Any) -> _IdleWatch:
-        return _IdleWatch(self._rt, sock, callback, arg)
+    def watch_idle(self, sock: socket.socket, callback: Callable[[Any], None], arg: Any,
+                   idle_since: Callable[[Any], float | None]) -> _IdleWatch:
+        return _IdleWatch(self._rt, sock, callback, arg, idle_since)
 
     def settle(self, timeout: float) -> None:
         pass  # the loop closes what it cancels before it answers
