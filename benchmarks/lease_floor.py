@@ -12,9 +12,13 @@ Part 1, no I/O (thread backend, caller CPU ``time.thread_time()`` and wall
 * the same lease with single steps replaced in this process only (never in
   ``rcf_sync/``), to price each: the kernel check made to run on every
   lease (``RECHECK_AFTER = 0``: what a lease cost before the hot path
-  skipped it for a connection its caller gave back an instant ago), the hot
-  path turned off (every lease through ``_acquire``/``_release``, two lock
-  blocks), and the idle watch's ``released()`` made a no-op;
+  skipped it for a connection its caller gave back an instant ago), and the
+  hot path turned off (every lease through ``_acquire``/``_release``, two
+  lock blocks);
+* the skeletons of ``_skeletons.py``: the hot path written out inline with
+  no layers, step by step up to the cheapest lease that keeps every
+  guarantee of the library's, then made by a method and layered as the
+  library is;
 * the pieces alone: ``poll(0)``, the cheapest ``getsockopt`` queries, the
   whole ``lease_check``, ``gettimeout()``, ``time.monotonic()``,
   ``threading.get_ident()``.
@@ -41,6 +45,7 @@ import time
 
 import _common as C
 from _common import roundtrip
+from _skeletons import SKELETONS, skeleton_handle
 
 
 class Minimal:
@@ -87,7 +92,6 @@ def interleave(cases, blocks, n):
 
 def part1(client, blocks, n):
     from rcf_sync import _leasing
-    from rcf_sync._backends import _thread
 
     lock = threading.Lock()
     value = object()
@@ -95,7 +99,6 @@ def part1(client, blocks, n):
     sock = client.wait_connected(timeout=10)
     conn = client._conn
     real_check = _leasing.lease_check
-    real_released = _thread._IdleWatch.released
     real_take, real_give = _leasing.Leasing._take_now, _leasing.Leasing._give_now
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLIN)
@@ -161,11 +164,10 @@ def part1(client, blocks, n):
     def hot_path_back():
         _leasing.Leasing._take_now, _leasing.Leasing._give_now = real_take, real_give
 
-    def released_off():
-        _thread._IdleWatch.released = lambda self, now: None
+    skeleton = skeleton_handle(lock)
 
-    def released_back():
-        _thread._IdleWatch.released = real_released
+    def run_skeleton(run):
+        return lambda n: run(skeleton, n)
 
     def poll0(n):
         p = poller.poll
@@ -212,7 +214,7 @@ def part1(client, blocks, n):
          with_patch(call, always_check, gate_back)),
         ("lease, usual path only (_acquire/_release)", with_patch(lease, usual_path, hot_path_back)),
         ("call, usual path only (_acquire/_release)", with_patch(call, usual_path, hot_path_back)),
-        ("lease, idle watch released() a no-op", with_patch(lease, released_off, released_back)),
+    ] + [(label, run_skeleton(run)) for label, run in SKELETONS.values()] + [
         ("poll.poll(0) alone", poll0),
         # The cheapest other kernel queries that could tell unread bytes or a
         # FIN (none releases the interpreter lock, unlike poll()):
@@ -235,7 +237,8 @@ def part1(client, blocks, n):
         wall, cpu = med[name]
         net = cpu - base
         ratio = ""
-        if name.startswith(("with client.connection", "lease")) and "alone" not in name:
+        if (name.startswith(("with client.connection", "lease", "skeleton", "the same"))
+                and "alone" not in name):
             ratio = f"{net / floor:.2f}x"
         elif name.startswith(("client.call", "call")):
             ratio = f"{net / floor:.2f}x / {net / floor_call:.2f}x"

@@ -14,10 +14,9 @@ cost of one operation:
   (the same caller coming straight back: no kernel check), with the kernel
   check on every lease (``RECHECK_AFTER = 0``), and on the usual path only
   (``_acquire``/``_release``: the hot path turned off);
-* skeletons of the hot path, not the library: only the idle list's pop and a
-  locked append; plus the checks the library makes (doomed, closed, queued
-  callers, the socket's timeout, the owner); plus the gate (two clock reads
-  and two caller identities).
+* the skeletons of ``_skeletons.py`` (the hot path written out inline, step
+  by step up to the cheapest lease that keeps every guarantee of the
+  library's, then made by a method and layered as the library is).
 
 Under valgrind every gap between two leases is far longer than the 20 us of
 ``RECHECK_AFTER``, so the hot-path cases set it to 10 s in the child, to
@@ -35,12 +34,14 @@ import shutil
 import sys
 
 import _common as C
+from _skeletons import SKELETONS
 
 CHILD = r'''
-import os, sys, threading, time
+import os, sys, threading
 sys.path.insert(0, {root!r})
 sys.path.insert(0, os.path.join({root!r}, "benchmarks"))
 from lease_floor import Minimal  # the floor, as lease_floor.py times it
+from _skeletons import SKELETONS, skeleton_handle
 
 case, n = sys.argv[1], int(sys.argv[2])
 
@@ -50,109 +51,6 @@ value = object()
 
 def noop(v):
     return v
-
-
-class Conn:
-    __slots__ = ("owner", "doomed", "released_at", "released_by", "sock", "session")
-
-
-class Handle:
-    __slots__ = ("_idle", "_lock", "_closed", "_tickets", "_caller_id")
-
-
-IDLE, LEASED = object(), object()
-_now = time.monotonic
-
-
-# The skeletons are written out whole, each a step on the one before: a
-# shared helper would add its own call to what is being counted.
-class Skeleton:
-    """Only the idle list's pop and a locked append."""
-    __slots__ = ("_h", "_c")
-
-    def __init__(self, h):
-        self._h = h
-        self._c = None
-
-    def __enter__(self):
-        conn = self._c = self._h._idle.pop()
-        return conn.session
-
-    def __exit__(self, a, b, c):
-        conn, self._c = self._c, None
-        h = self._h
-        with h._lock:
-            h._idle.append(conn)
-
-
-class Checked(Skeleton):
-    """Plus the checks the library's hot path makes."""
-    __slots__ = ()
-
-    def __enter__(self):
-        h = self._h
-        idle = h._idle
-        if not idle:
-            raise RuntimeError
-        conn = idle.pop()
-        conn.owner = LEASED
-        if conn.doomed is not None or h._closed:
-            raise RuntimeError
-        self._c = conn
-        return conn.session
-
-    def __exit__(self, a, b, c):
-        conn, self._c = self._c, None
-        h = self._h
-        if b is None and conn.sock.gettimeout() is None:
-            with h._lock:
-                if conn.owner is not LEASED or conn.doomed is not None or h._tickets or h._closed:
-                    raise RuntimeError
-                conn.owner = IDLE
-                h._idle.append(conn)
-
-
-class Gated(Checked):
-    """Plus the gate: two clock reads and two caller identities."""
-    __slots__ = ()
-
-    def __enter__(self):
-        h = self._h
-        idle = h._idle
-        if not idle:
-            raise RuntimeError
-        conn = idle.pop()
-        conn.owner = LEASED
-        if conn.doomed is not None or h._closed:
-            raise RuntimeError
-        if _now() - conn.released_at >= 10.0 or conn.released_by != h._caller_id():
-            raise RuntimeError
-        self._c = conn
-        return conn.session
-
-    def __exit__(self, a, b, c):
-        conn, self._c = self._c, None
-        h = self._h
-        if b is None and conn.sock.gettimeout() is None:
-            conn.released_at = _now()
-            conn.released_by = h._caller_id()
-            with h._lock:
-                if conn.owner is not LEASED or conn.doomed is not None or h._tickets or h._closed:
-                    raise RuntimeError
-                conn.owner = IDLE
-                h._idle.append(conn)
-
-
-def skeleton_handle():
-    import socket
-    h = Handle()
-    h._lock, h._closed, h._tickets, h._caller_id = lock, False, None, threading.get_ident
-    c = Conn()
-    c.owner, c.doomed, c.released_at, c.released_by = IDLE, None, _now(), threading.get_ident()
-    c.sock = socket.socket()
-    c.session = c
-    h._idle = [c]
-    return h
 
 
 if case in ("bare lock", "floor", "floor of call"):
@@ -169,11 +67,7 @@ if case in ("bare lock", "floor", "floor of call"):
             with Minimal(lock, value) as v:
                 noop(v)
 elif case.startswith("skeleton"):
-    h = skeleton_handle()
-    cls = {{"skeleton": Skeleton, "skeleton+checks": Checked, "skeleton+checks+gate": Gated}}[case]
-    for _ in range(n):
-        with cls(h):
-            pass
+    SKELETONS[case][1](skeleton_handle(lock), n)
 else:
     from rcf_sync import ReconnectingClient, _leasing
     from rcf_sync.testing import EchoServer
@@ -207,10 +101,7 @@ CASES = [
     ("call check", "call, kernel check on every lease"),
     ("lease usual", "lease, usual path only"),
     ("call usual", "call, usual path only"),
-    ("skeleton", "skeleton: idle-list pop, locked append"),
-    ("skeleton+checks", "skeleton + the hot path's checks"),
-    ("skeleton+checks+gate", "skeleton + checks + the gate"),
-]
+] + [(case, label) for case, (label, _) in SKELETONS.items()]
 
 
 def main():
@@ -246,9 +137,7 @@ def main():
     lease, call = per["lease"] / floor, per["call"] / floor_call
     print(f"\n- lease {lease:.2f}x the floor, call(noop) {call:.2f}x the floor of a call "
           f"(target <= 1.5x: {'met' if max(lease, call) <= 1.5 else 'NOT met'})")
-    print(f"- the skeleton alone is {per['skeleton'] / floor:.2f}x the floor, with the checks "
-          f"{per['skeleton+checks'] / floor:.2f}x, with the gate "
-          f"{per['skeleton+checks+gate'] / floor:.2f}x")
+    print("- skeletons: " + ", ".join(f"{case} {per[case] / floor:.2f}x" for case in SKELETONS))
 
 
 if __name__ == "__main__":
