@@ -16,10 +16,12 @@ never imports ``threading`` or ``gevent``:
     drive a connection-attempt generator (see ``_connectors``); call
     ``deliver(sock, exc)`` on the loop when it ends; return a handle whose
     ``cancel()`` abandons it (closing any socket it made).
-``watch_idle(sock, callback, arg)``
+``watch_idle(sock, callback, arg, idle_since)``
     call ``callback(arg)`` on the loop when the peer may have closed or reset
-    ``sock``; returns a handle with ``leased()``, ``released()``, ``rearm()``,
-    ``abandon()`` and ``close()``.
+    ``sock``, or sent bytes while it is idle; returns a handle with
+    ``leased()``, ``released()`` (called only when the backend's
+    ``watch_follows_leases`` is true; otherwise the watch reads
+    ``idle_since(arg)``), ``rearm()``, ``abandon()`` and ``close()``.
 ``call_later_real(seconds, fn)``
     a timer in real time, for attempt deadlines, independent of the client's
     (possibly fake) back-off clock.
