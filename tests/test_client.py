@@ -6,7 +6,7 @@ import socket
 import time
 
 import pytest
-from conftest import Kit, echo, our_threads, unique_payload_run
+from conftest import echo, our_threads, unique_payload_run
 
 import rcf_sync
 from rcf_sync import (
@@ -651,15 +651,18 @@ def test_a_direct_connect_ends_as_the_step_interpreter_would(kit, server, free_p
     assert results[0][1] is ConnectionRefusedError
 
 
-def test_a_direct_connect_that_times_out_closes_its_socket_at_once(server, hung_address, no_leaks):
-    """If a thread-backend connect to an IP address outlasts its timeout, then its socket is closed when the attempt fails, not when it is collected."""
+def test_a_direct_connect_that_times_out_closes_its_socket_at_once(kit, server, hung_address,
+                                                                   no_leaks):
+    """If a connect to an IP address outlasts its timeout, then its socket is closed when the attempt fails, not when it is collected."""
     def open_fds():
         return len(os.listdir("/proc/self/fd"))
 
-    kit = Kit("thread")
     factory = ReconnectingClientFactory(initialDelay=30, jitter=0)
     with make(kit, server.address) as running:  # the backend's own descriptors exist
         running.wait_connected(timeout=5)
+        # The in-process server accepts on its own thread: its side of the
+        # connection must exist before the count.
+        assert kit.block(server.wait_accepted, 1, 5)
         before = open_fds()
         with make(kit, rcf_sync.TCPConnector(*hung_address, timeout=0.2), factory=factory) as c:
             c.wait_state(S.WAITING, timeout=5)

@@ -2,9 +2,11 @@
 
 Imported only when a client asks for it. Connection attempts run in a
 greenlet that drives the shared attempt generator with gevent's cooperative
-waits; idle connections are watched by a read watcher on the hub, stopped
-while a caller holds the lease. Nothing here blocks the hub: timer and
-watcher callbacks only schedule or hand over work.
+waits, except the plain case (an IP address or a Unix path, no TLS, no
+hook), which is a write watcher and a timer on the hub; idle connections
+are watched by a read watcher on the hub, stopped while a caller holds the
+lease. Nothing here blocks the hub: timer and watcher callbacks only
+schedule or hand over work.
 
 Works with and without ``gevent.monkey.patch_all()``. Without patching, a
 user's socket factory runs in gevent's thread pool (it may block) and the
@@ -31,13 +33,14 @@ except ImportError as exc:  # pragma: no cover - exercised without gevent only
         'the gevent backend needs gevent: pip install "rcf_sync[gevent]"'
     ) from exc
 
+from .._connectors import _IN_PROGRESS, _SOCK_NONBLOCK, _stdlib_socket
 from .._steps import TLS, Adopt, Readable, Resolve, UserCall, Writable
-from ._base import deliver_once, guard, socket_is_patched
+from ._base import deliver_once, delivered, guard, socket_is_patched
 from ._gevent_clock import GeventClock, _get_ident, _RealLock
 
 if TYPE_CHECKING:
     from .._callbacks import UserCode
-    from .._connectors import _SocketConnector
+    from .._connectors import _Address, _SocketConnector
     from .._steps import Step
     from ._seam import Deliver, Steps
 
@@ -209,6 +212,98 @@ class _Attempt:
             self._backend._dying.add(self._glet)
 
 
+class _Connect:
+    """The plain case's attempt (one address known without a lookup, no TLS,
+    no user code: see the connector's ``_direct_address``) as two watchers
+    on the hub, with no greenlet: the same calls as the attempt generator
+    followed by ``Adopt``, through the connector's own methods, ending the
+    same ways. Everything here runs in the hub."""
+
+    __slots__ = ("_backend", "_connector", "_address", "_timeout", "_deliver", "_sock",
+                 "_watchers")
+
+    def __init__(self, backend: GeventBackend, connector: _SocketConnector, address: _Address,
+                 timeout: float | None,
+                 deliver: Callable[[Any, BaseException | None], None]) -> None:
+        self._backend = backend
+        self._connector = connector
+        self._address = address
+        self._timeout = timeout
+        self._deliver = deliver
+        self._sock: socket.socket | None = None  # until delivered or closed
+        self._watchers: tuple[Any, ...] = ()      # the write watcher, and the deadline's timer
+
+    def start(self) -> None:
+        family, type_, proto, sockaddr = self._address
+        try:
+            sock = self._sock = _stdlib_socket()(family, type_ | _SOCK_NONBLOCK, proto)
+            err = self._connector._start_connect(sock, family, sockaddr)
+        except BaseException as exc:
+            self._fail(exc)
+            return
+        if err not in _IN_PROGRESS:
+            self._ended(err)
+            return
+        loop = self._backend._hub.loop
+        writable = loop.io(sock.fileno(), 2)
+        writable.start(guard, self._resume)
+        if self._timeout is None:
+            self._watchers = (writable,)
+        else:
+            deadline = loop.timer(self._timeout)
+            deadline.start(guard, self._expire)
+            self._watchers = (writable, deadline)
+
+    def _resume(self) -> None:
+        self._stop_watchers()
+        sock = self._sock
+        if sock is None:  # cancelled
+            return
+        try:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        except BaseException as exc:
+            self._fail(exc)
+            return
+        self._ended(err)
+
+    def _ended(self, err: int) -> None:
+        sock = self._sock
+        assert sock is not None
+        try:
+            self._connector._check_connected(sock, self._address[0], err)
+            adopted = _to_gevent_socket(sock)
+        except BaseException as exc:
+            self._fail(exc)
+            return
+        self._sock = None
+        deliver_once(self, adopted, None)
+
+    def _expire(self) -> None:
+        if self._sock is not None:
+            self._fail(TimeoutError(f"timed out after {self._timeout:g}s"))
+
+    def _fail(self, exc: BaseException) -> None:
+        self._close()
+        deliver_once(self, None, exc)
+
+    def cancel(self) -> None:
+        """Abandon the attempt; its socket is closed, ``deliver`` is not called."""
+        self._deliver = delivered
+        self._close()
+
+    def _close(self) -> None:
+        self._stop_watchers()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+    def _stop_watchers(self) -> None:
+        watchers, self._watchers = self._watchers, ()
+        for w in watchers:
+            w.stop()
+            w.close()
+
+
 class _IdleWatch:
     """A read watcher on an idle connection, stopped while it is leased.
     The watch itself is the watcher's callback: no bound method is made at
@@ -322,6 +417,17 @@ class GeventBackend:
                       deliver: Callable[[Any, BaseException | None], None],
                       user_code: Callable[[], UserCode]) -> _Attempt:
         return _Attempt(self, steps, timeout, deliver, user_code)
+
+    def connect_direct(self, connector: _SocketConnector, address: _Address,
+                       timeout: float | None,
+                       deliver: Callable[[Any, BaseException | None], None]) -> _Connect:
+        """As :meth:`start_attempt` for the connector's own attempt followed
+        by an ``Adopt``, when it has a direct address (no lookup, no TLS)
+        and no user code runs: the same calls on two hub watchers, with no
+        greenlet; ``deliver`` runs in the hub."""
+        attempt = _Connect(self, connector, address, timeout, deliver)
+        attempt.start()
+        return attempt
 
     def run_blocking(self, fn: Callable[..., Any], args: tuple[Any, ...], deliver: Deliver,
                      threaded: bool = False) -> _Job:
