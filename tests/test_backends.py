@@ -133,6 +133,38 @@ def test_thread_backend_use_does_not_import_gevent():
     assert proc.stdout.strip() == "[]"
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="FDSize is Linux's")
+@pytest.mark.parametrize("soft", [1024, 8192])
+def test_the_thread_runtime_grows_the_descriptor_table_before_its_thread(soft):
+    """If the thread runtime starts, then the process's descriptor table already holds FD_TABLE descriptors (or the soft limit, if lower), and the descriptor used to grow it is closed."""
+    proc = run_python(f"""
+        import os, resource, threading
+        _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, max({soft}, hard)))
+
+        def table():
+            with open("/proc/self/status") as f:
+                return next(int(line.split()[1]) for line in f if line.startswith("FDSize"))
+
+        import rcf_sync
+        from rcf_sync._backends._runtime import FD_TABLE
+        from rcf_sync.testing import EchoServer
+        with EchoServer() as server:
+            before, fds = table(), len(os.listdir("/proc/self/fd"))
+            with rcf_sync.ReconnectingClient(server.address, backend="thread") as client:
+                client.wait_connected(timeout=10)
+                assert server.wait_accepted(1, 10)
+                after = table()
+                # the loop's wake-up pair and poller, the client's socket, the server's side
+                opened = len(os.listdir("/proc/self/fd")) - fds
+        print(before, after, min(FD_TABLE, {soft}), opened)
+    """)
+    assert_ok(proc)
+    before, after, want, opened = map(int, proc.stdout.split())
+    assert before < want <= after
+    assert opened == 5
+
+
 @pytest.mark.parametrize("name", ["", "Thread", "threads", "twisted", "asyncio", None, 3, object()])
 def test_bad_backend_name_is_a_value_error(name):
     """If the backend is not "thread", "gevent" or "auto", then ValueError lists the valid names."""
