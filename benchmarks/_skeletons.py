@@ -13,7 +13,12 @@ list's pop and append are each one atomic step.
 * ``... made by a method``: the same returned by ``handle.connection()``, as
   the public API is;
 * ``... layered``: and its take and give in methods of the handle, as the
-  library shares them with ``call()``.
+  library shares them with ``call()``;
+* ``... as the library``: and the library's own checks beside the hot path:
+  protocol mode and the timeout at ``connection()``, gevent's caller-thread
+  check and idle-watch flag, the fall-back to the usual path, the guard
+  against an ``__exit__`` without ``__enter__``, the owner check for a
+  forked child, the queue's tickets read through it.
 
 The steps are written out whole: a shared helper would add its own call to
 what is being measured.
@@ -32,8 +37,13 @@ class Conn:
     __slots__ = ("owner", "doomed", "released_at", "holder", "sock", "session")
 
 
+class Queue:
+    __slots__ = ("tickets",)
+
+
 class Handle:
-    __slots__ = ("_idle", "_lock", "_closed", "_tickets", "_caller_id")
+    __slots__ = ("_idle", "_lock", "_closed", "_tickets", "_caller_id", "_proto_mode",
+                 "_caller_thread", "_tell_watch", "_leases")
 
     def connection(self):
         return Gated(self)
@@ -59,6 +69,77 @@ class Handle:
             self._idle.append(conn)
             if conn.doomed is not None or self._closed or self._tickets:
                 raise RuntimeError
+
+
+class Full:
+    """The layered skeleton with the library's own checks (see the module
+    docstring); what it lacks of the library is only the code behind them."""
+    __slots__ = ("_h", "_timeout", "_c")
+
+    def __init__(self, h, timeout):
+        self._h = h
+        self._timeout = timeout
+
+    def __enter__(self):
+        h = self._h
+        self._c = conn = h._take_full() or _usual(h)
+        return conn.session
+
+    def __exit__(self, a, b, c):
+        conn = self._c
+        del self._c
+        if b is None and self._h._give_full(conn):
+            return
+        raise RuntimeError
+
+
+def _usual(h):
+    raise RuntimeError
+
+
+def _full_lease(h, timeout=None):
+    if h._proto_mode:
+        raise RuntimeError
+    return Full(h, None if timeout is None else float(timeout))
+
+
+def _take_full(h):
+    idle = h._idle
+    if not idle:
+        return None
+    if h._caller_thread is not None:
+        raise RuntimeError
+    try:
+        conn = idle.pop()
+    except IndexError:
+        return None
+    conn.owner = LEASED
+    me = h._caller_id()
+    if (conn.doomed is None and not h._closed and conn.holder == me
+            and _now() - conn.released_at < WINDOW and not h._tell_watch):
+        return conn
+    raise RuntimeError
+
+
+def _give_full(h, conn):
+    sock = conn.sock
+    if sock.gettimeout() is not None:
+        raise RuntimeError
+    if conn.owner is not LEASED:
+        return False
+    conn.released_at = _now()
+    conn.owner = IDLE
+    h._idle.append(conn)
+    if conn.doomed is not None or h._closed or h._leases.tickets:
+        raise RuntimeError
+    elif h._tell_watch:
+        raise RuntimeError
+    return True
+
+
+Handle.full = _full_lease
+Handle._take_full = _take_full
+Handle._give_full = _give_full
 
 
 class Skeleton:
@@ -148,6 +229,9 @@ def skeleton_handle(lock=None):
     h = Handle()
     h._lock = lock or threading.Lock()
     h._closed, h._tickets, h._caller_id = False, (), threading.get_ident
+    h._proto_mode, h._caller_thread, h._tell_watch = False, None, False
+    h._leases = Queue()
+    h._leases.tickets = None
     c = Conn()
     c.owner, c.doomed, c.released_at, c.holder = IDLE, None, _now(), threading.get_ident()
     c.sock = socket.socket()
@@ -176,6 +260,12 @@ def _layered(h, n):
             pass
 
 
+def _as_the_library(h, n):
+    for _ in range(n):
+        with h.full():
+            pass
+
+
 #: case: (label, run(handle, n))
 SKELETONS = {
     "skeleton": ("skeleton: idle-list pop and append", _with_class(Skeleton)),
@@ -185,4 +275,6 @@ SKELETONS = {
         ("the same, made by a method (handle.connection())", _made_by_method),
     "skeleton+checks+gate, layered":
         ("the same, take and give in methods of the handle", _layered),
+    "skeleton+checks+gate, as the library":
+        ("the same, with the library's own checks beside the hot path", _as_the_library),
 }
