@@ -134,7 +134,8 @@ class Leasing(HandleParts):
             runs += 1
             conn = self._take_now() or self._acquire(deadline)
             try:
-                result = fn(conn.session, *args, **kwargs)
+                # Unpacking nothing still builds a call of its own: call directly.
+                result = fn(conn.session, *args, **kwargs) if args or kwargs else fn(conn.session)
             except BaseException as exc:
                 try:
                     self._release(conn, exc, extra)
