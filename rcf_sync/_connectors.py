@@ -229,6 +229,19 @@ class _SocketConnector(Connector):
         self._prepare(sock, family)
         return sock.connect_ex(sockaddr)
 
+    def _open_direct(self, address: _Address) -> tuple[socket.socket, int]:
+        """For a backend's connect without the attempt generator (see
+        :meth:`_direct_address`): a new non-blocking socket with its connect
+        to ``address`` begun, and ``connect_ex``'s error number. The socket
+        is closed if beginning fails."""
+        family, type_, proto, sockaddr = address
+        sock = _stdlib_socket()(family, type_ | _SOCK_NONBLOCK, proto)
+        try:
+            return sock, self._start_connect(sock, family, sockaddr)
+        except BaseException:
+            sock.close()
+            raise
+
     def _check_connected(self, sock: socket.socket, family: int, err: int) -> None:
         """Once the connect ended with ``err`` (0, or ``SO_ERROR``): raise
         ``OSError`` if it failed, else set our options on the connection."""

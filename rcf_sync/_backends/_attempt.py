@@ -23,7 +23,7 @@ import time
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, Callable
 
-from .._connectors import _IN_PROGRESS, _SOCK_NONBLOCK, _stdlib_socket
+from .._connectors import _IN_PROGRESS
 from .._steps import TLS, Adopt, Readable, Resolve, UserCall, Writable
 from ._base import deliver_once
 from ._base import delivered as _delivered
@@ -252,13 +252,12 @@ class Connect(Attempt):
         self._sock: socket.socket | None = None  # until delivered or closed
 
     def start(self) -> None:
-        family, type_, proto, sockaddr = self._address
         try:
-            sock = self._sock = _stdlib_socket()(family, type_ | _SOCK_NONBLOCK, proto)
-            err = self._connector._start_connect(sock, family, sockaddr)
+            sock, err = self._connector._open_direct(self._address)
         except BaseException as exc:
             self._fail(exc)
             return
+        self._sock = sock
         if err in _IN_PROGRESS:
             self._waiting_on = sock
             self._rt.arm(sock, WRITE, self._resume)

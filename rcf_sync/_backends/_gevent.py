@@ -33,7 +33,7 @@ except ImportError as exc:  # pragma: no cover - exercised without gevent only
         'the gevent backend needs gevent: pip install "rcf_sync[gevent]"'
     ) from exc
 
-from .._connectors import _IN_PROGRESS, _SOCK_NONBLOCK, _stdlib_socket
+from .._connectors import _IN_PROGRESS
 from .._steps import TLS, Adopt, Readable, Resolve, UserCall, Writable
 from ._base import deliver_once, delivered, guard, socket_is_patched
 from ._gevent_clock import GeventClock, _get_ident, _RealLock
@@ -234,13 +234,12 @@ class _Connect:
         self._watchers: tuple[Any, ...] = ()      # the write watcher, and the deadline's timer
 
     def start(self) -> None:
-        family, type_, proto, sockaddr = self._address
         try:
-            sock = self._sock = _stdlib_socket()(family, type_ | _SOCK_NONBLOCK, proto)
-            err = self._connector._start_connect(sock, family, sockaddr)
+            sock, err = self._connector._open_direct(self._address)
         except BaseException as exc:
             self._fail(exc)
             return
+        self._sock = sock
         if err not in _IN_PROGRESS:
             self._ended(err)
             return
