@@ -92,11 +92,16 @@ class UserCode:
         elif call.then is not None:
             call.then(result, exc)
         with self._lock:
-            drained = self._drained if self._running is None else None
-            if drained is not None:
-                self._drained = None
+            drained = self._drained_locked()
         if drained is not None:
             drained.set()
+
+    def _drained_locked(self) -> Event | None:
+        # Lock held: the wait_drained() event to set now, if nothing runs.
+        drained = self._drained if self._running is None else None
+        if drained is not None:
+            self._drained = None
+        return drained
 
     def idle(self) -> bool:
         """True when no call is queued or running (read on the loop, which
@@ -128,11 +133,16 @@ class UserCode:
                 except ValueError:
                     pass
             nxt = self._next_locked(call)
+            # An abandoned call may never report back (its greenlet is
+            # killed): if it was the last, the queue is drained now.
+            drained = self._drained_locked()
         job = call.job
         if job is not None:
             job.abandon()
         if nxt is not None:
             self._start(nxt)
+        if drained is not None:
+            drained.set()
 
     def reset_after_fork(self, lock: Lock) -> None:
         """In a forked child: the parent's calls do not run here; ``lock``

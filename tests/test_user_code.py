@@ -379,3 +379,62 @@ def test_a_factory_method_set_on_the_instance_runs_off_the_loop_as_an_override(k
         c.clock.callLater(0, lambda: (on_loop.append(c._backend.in_loop()), ran.set()))
         assert ran.wait(5) and on_loop == [True]
     assert seen == [False]
+
+
+class _SilentJobs:
+    """A backend stand-in whose jobs never report back: what a killed
+    greenlet or an abandoned worker looks like to the queue."""
+
+    def __init__(self):
+        self.started = []
+
+    def run_blocking(self, fn, args, deliver, threaded=False):
+        job = _Job()
+        self.started.append(fn)
+        return job
+
+    def event(self):
+        return threading.Event()
+
+
+class _Job:
+    def __init__(self):
+        self.abandoned = False
+
+    def abandon(self):
+        self.abandoned = True
+
+
+def test_abandoning_the_last_running_call_drains_the_queue():
+    """If the only running user call is abandoned and never reports back, then a wait for the queue to drain returns True at once instead of waiting out its timeout."""
+    from rcf_sync._callbacks import UserCode
+
+    backend = _SilentJobs()
+    user = UserCode(backend, threading.Lock())
+    call = user.run(lambda: None)
+    assert backend.started and not user.idle()
+    waiting = []
+    waiter = threading.Thread(target=lambda: waiting.append(user.wait_drained(10)))
+    waiter.start()
+    user.abandon(call)
+    waiter.join(10)
+    assert waiting == [True] and user.idle() and call.job.abandoned
+
+
+def test_close_does_not_wait_out_its_timeout_for_user_code_it_abandoned(kit, server, no_leaks,
+                                                                       caplog):
+    """If close() abandons a socket factory still running for an attempt, then it sees the background finish without waiting for that call."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hanging_factory():
+        entered.set()
+        release.wait(10)
+        raise ConnectionRefusedError("released after close")
+
+    c = ReconnectingClient(hanging_factory, factory=quick(), backend=kit.name).start()
+    try:
+        assert kit.block(entered.wait, 5)
+        c.close()
+    finally:
+        release.set()
+    assert "did not see the background finish" not in caplog.text
