@@ -42,7 +42,7 @@ class Queue:
 
 
 class Handle:
-    __slots__ = ("_idle", "_lock", "_closed", "_tickets", "_caller_id", "_proto_mode",
+    __slots__ = ("_idle", "_closed", "_tickets", "_caller_id", "_proto_mode",
                  "_caller_thread", "_tell_watch", "_leases")
 
     def connection(self):
@@ -224,10 +224,9 @@ class Layered(Skeleton):
             self._h._give(self._c)
 
 
-def skeleton_handle(lock=None):
+def skeleton_handle():
     """A handle holding one idle connection (a real, unconnected socket)."""
     h = Handle()
-    h._lock = lock or threading.Lock()
     h._closed, h._tickets, h._caller_id = False, (), threading.get_ident
     h._proto_mode, h._caller_thread, h._tell_watch = False, None, False
     h._leases = Queue()

@@ -164,7 +164,7 @@ def part1(client, blocks, n):
     def hot_path_back():
         _leasing.Leasing._take_now, _leasing.Leasing._give_now = real_take, real_give
 
-    skeleton = skeleton_handle(lock)
+    skeleton = skeleton_handle()
 
     def run_skeleton(run):
         return lambda n: run(skeleton, n)

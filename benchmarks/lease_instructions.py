@@ -67,7 +67,7 @@ if case in ("bare lock", "floor", "floor of call"):
             with Minimal(lock, value) as v:
                 noop(v)
 elif case.startswith("skeleton"):
-    SKELETONS[case][1](skeleton_handle(lock), n)
+    SKELETONS[case][1](skeleton_handle(), n)
 else:
     from rcf_sync import ReconnectingClient, _leasing
     from rcf_sync.testing import EchoServer
