@@ -10,6 +10,7 @@ connections.
 """
 
 import logging
+import os
 import socket
 import subprocess
 import sys
@@ -163,6 +164,58 @@ def test_the_thread_runtime_grows_the_descriptor_table_before_its_thread(soft):
     before, after, want, opened = map(int, proc.stdout.split())
     assert before < want <= after
     assert opened == 5
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs CPU affinity and two CPUs")
+def test_a_burst_of_starts_on_one_cpu_is_taken_by_the_loop_when_the_caller_waits():
+    """If a caller on one CPU starts 100 clients back to back, then the loop thread takes none of them before the caller waits (no loop pass per start: a wake-up that preempts the caller hands the CPU back)."""
+    proc = run_python("""
+        import os, subprocess, sys
+        cpus = sorted(os.sched_getaffinity(0))
+        server = subprocess.Popen(
+            [sys.executable, "-c", "import sys\\nfrom rcf_sync.testing import EchoServer\\n"
+             "with EchoServer() as s:\\n print(s.address[1], flush=True)\\n sys.stdin.read()"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            os.sched_setaffinity(server.pid, {cpus[1]})  # the server on another CPU
+            address = ("127.0.0.1", int(server.stdout.readline()))
+            os.sched_setaffinity(0, {cpus[0]})  # this process, loop thread included, on one
+
+            import rcf_sync
+            from rcf_sync._backends._thread import get_runtime
+            warm = rcf_sync.ReconnectingClient(address, backend="thread").start()
+            warm.wait_connected(timeout=10)
+            runtime = get_runtime()
+            passes = [0]
+            poll = runtime._poller.poll
+
+            def counted(timeout):
+                passes[0] += 1
+                return poll(timeout)
+
+            runtime._poller.poll = counted
+            during = []
+            for _ in range(11):  # the first burst is a warm-up (lazy imports)
+                clients = [rcf_sync.ReconnectingClient(address, backend="thread") for _ in range(100)]
+                before = passes[0]
+                for c in clients:
+                    c.start()
+                during.append(passes[0] - before)
+                for c in clients:
+                    c.wait_connected(timeout=10)
+                for c in clients:
+                    c.close()
+            warm.close()
+            print(*during[1:])
+        finally:
+            server.stdin.close()
+            server.wait(10)
+    """)
+    assert_ok(proc)
+    during = list(map(int, proc.stdout.split()))
+    assert len(during) == 10
+    assert sum(during) <= 3, during
 
 
 @pytest.mark.parametrize("name", ["", "Thread", "threads", "twisted", "asyncio", None, 3, object()])
