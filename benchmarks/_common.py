@@ -119,6 +119,26 @@ def open_fds():
         return 0
 
 
+def preemptions():
+    """Involuntary context switches of this process's threads so far (the
+    kernel took the CPU from a runnable thread): /proc's
+    ``nonvoluntary_ctxt_switches``, summed over /proc/self/task."""
+    total = 0
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("nonvoluntary_ctxt_switches"):
+                        total += int(line.split(":")[1])
+        except OSError:
+            pass
+    return total
+
+
 def os_threads():
     """Kernel threads of this process (counts real threads even when gevent
     has patched ``threading``)."""

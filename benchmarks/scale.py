@@ -14,6 +14,10 @@ child process:
   is woken about once rather than once per client: like Twisted's figure,
   the time until all are connected, without a caller thread taking the
   interpreter lock from the loop a thousand times on the way;
+* counts the involuntary context switches of the child's threads during the
+  connect-all (another task, often the echo server woken on the same CPU,
+  took the CPU from a runnable thread of ours): the figure that tells a
+  round where the scheduler placed the server beside the connecting thread;
 * counts threads added (``threading.active_count()`` and kernel threads in
   /proc/self/task; rcf_sync's own threads from ``get_runtime().threads()``);
 * memory per client: VmRSS after all connected minus VmRSS before the
@@ -33,6 +37,11 @@ medians over the rounds, with ratios to Twisted taken within each round.
 
     python benchmarks/scale.py            # N = 100, 1000, 10000; 3 rounds; 5 s idle
     python benchmarks/scale.py --quick    # N = 100, 1000; 1 round; 2 s idle
+    python benchmarks/scale.py --one-cpu  # the server on one CPU, each child on another
+
+``--one-cpu`` pins the echo server to the first CPU of this process's
+affinity and every contender's process (all its threads) to the second: a
+client process given one CPU, as in a container, with the server elsewhere.
 """
 
 import sys
@@ -44,6 +53,7 @@ if "--child" in sys.argv and "gevent" in sys.argv:
 
 import argparse
 import gc
+import os
 import threading
 import time
 
@@ -77,6 +87,7 @@ def child_rcf(args):
         traced0 = tracemalloc.get_traced_memory()[0]
     clients = [ReconnectingClient(address, factory=ReconnectingClientFactory(initialDelay=0.05),
                                   backend=args.backend) for _ in range(args.n)]
+    pre0 = C.preemptions()
     t0 = time.perf_counter()
     for c in clients:
         c.start()
@@ -84,6 +95,7 @@ def child_rcf(args):
     for c in (clients[::-1] if args.once else clients):
         c.wait_connected(timeout=max(0.0, deadline - time.perf_counter()))
     connect_s = time.perf_counter() - t0
+    preempted = C.preemptions() - pre0
     traced = None
     if args.trace:
         time.sleep(SETTLE)  # idle watches armed
@@ -127,6 +139,7 @@ def child_rcf(args):
     time.sleep(0.2)
     C.emit({
         "connect_s": connect_s,
+        "preempted": preempted,
         "threads_delta": threads1 - threads0,
         "os_threads_delta": os_threads1 - os_threads0,
         "own_threads": own,
@@ -155,6 +168,7 @@ def child_twisted(args):
             state["connected"] += 1
             if state["connected"] == n:
                 out["connect_s"] = time.perf_counter() - state["t0"]
+                out["preempted"] = C.preemptions() - state["pre0"]
                 reactor.callLater(0, measured)
 
     class Factory(protocol.ReconnectingClientFactory):
@@ -196,6 +210,7 @@ def child_twisted(args):
             base["traced0"] = tracemalloc.get_traced_memory()[0]
         mine = [Factory() for _ in range(n)]
         factories.extend(mine)
+        state["pre0"] = C.preemptions()
         state["t0"] = time.perf_counter()
         for f in mine:
             connectors.append(reactor.connectTCP(C.HOST, args.port, f, timeout=30))
@@ -260,6 +275,8 @@ def child_twisted(args):
 
 
 def child_main(args):
+    if args.cpu is not None:
+        os.sched_setaffinity(0, {args.cpu})
     C.watchdog(args.connect_limit + args.idle + 120)
     C.raise_nofile()
     if args.backend == "twisted":
@@ -270,11 +287,16 @@ def child_main(args):
 
 # -- parent -------------------------------------------------------------------------------
 
-def run_one(backend, n, idle, connect_limit, trace=False):
+def run_one(backend, n, idle, connect_limit, trace=False, cpus=None):
     with C.ServerProcess("select") as server:
+        pin = []
+        if cpus:
+            os.sched_setaffinity(server.proc.pid, {cpus[0]})
+            pin = ["--cpu", str(cpus[1])]
         return C.run_child([__file__, "--child", backend, "-n", str(n), "--port", str(server.port),
                             "--ctrl-port", str(server.ctrl_port), "--idle", str(idle),
-                            "--connect-limit", str(connect_limit)] + (["--trace"] if trace else []),
+                            "--connect-limit", str(connect_limit)] + (["--trace"] if trace else [])
+                           + pin,
                            timeout=connect_limit + idle + 180)
 
 
@@ -291,6 +313,9 @@ def main():
     p.add_argument("--ctrl-port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--connect-limit", type=float, default=120.0, help=argparse.SUPPRESS)
     p.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--one-cpu", action="store_true",
+                   help="pin the server to one CPU and each contender's process to another")
+    p.add_argument("--cpu", type=int, help=argparse.SUPPRESS)
     p.add_argument("--no-tracemalloc", action="store_true",
                    help="skip the extra tracemalloc child per contender and N")
     args = p.parse_args()
@@ -305,12 +330,20 @@ def main():
     rounds = max(1, min(args.rounds or (1 if args.quick else 3), 20))
     idle = args.idle if args.idle is not None else (2.0 if args.quick else 5.0)
     contenders = [c for c in args.contenders.split(",") if c in CONTENDERS]
+    cpus = None
+    if args.one_cpu:
+        mine = sorted(os.sched_getaffinity(0))
+        if len(mine) < 2:
+            p.error("--one-cpu needs two CPUs")
+        cpus = mine[:2]
 
     C.watchdog(3600)
     nofile = C.raise_nofile()
     C.print_header("Scale: N idle clients in one process")
     print(f"RLIMIT_NOFILE soft limit raised to {nofile} for the children and the server; "
-          f"{rounds} round(s); idle period {idle:g} s\n")
+          f"{rounds} round(s); idle period {idle:g} s"
+          + (f"; server pinned to CPU {cpus[0]}, each contender's process to CPU {cpus[1]}"
+             if cpus else "") + "\n")
     sys.stdout.flush()
     results = {}  # (contender, n) -> list of dicts, one per round
     failures = []
@@ -319,7 +352,7 @@ def main():
             order = contenders[r % len(contenders):] + contenders[:r % len(contenders)]
             for contender in order:
                 try:
-                    res = run_one(contender, n, idle, 120.0)
+                    res = run_one(contender, n, idle, 120.0, cpus=cpus)
                 except RuntimeError as exc:
                     failures.append(f"{contender} N={n} round {r + 1}: {str(exc).splitlines()[0]}")
                     res = {"error": str(exc)[-300:]}
@@ -331,7 +364,7 @@ def main():
             # per client once all are connected and idle.
             for contender in contenders:
                 try:
-                    res = run_one(contender, n, idle, 120.0, trace=True)
+                    res = run_one(contender, n, idle, 120.0, trace=True, cpus=cpus)
                 except RuntimeError as exc:
                     failures.append(f"{contender} N={n} tracemalloc: {str(exc).splitlines()[0]}")
                     continue
@@ -344,7 +377,7 @@ def main():
         for contender in contenders:
             runs = [x for x in results.get((contender, n), []) if "error" not in x]
             if not runs:
-                rows.append([contender, "failed"] + [""] * 13)
+                rows.append([contender, "failed"] + [""] * 14)
                 continue
 
             def med(key, runs=runs):
@@ -360,6 +393,7 @@ def main():
 
             row = {
                 "connect_s": med("connect_s"), "connect_ratio": ratio("connect_s"),
+                "preempted": med("preempted"),
                 "threads": med("threads_delta"), "os_threads": med("os_threads_delta"),
                 "own": med("own_threads"), "kib": med("kib_per_client"),
                 "kib_ratio": ratio("kib_per_client"), "idle": med("idle_cpu_pct"),
@@ -372,6 +406,7 @@ def main():
             row["traced_ratio"] = traced / traced_tw if traced and traced_tw else None
             rows.append([
                 contender, C.fmt(row["connect_s"], ".3f"), C.fmt(row["connect_ratio"], ".2f"),
+                C.fmt(row["preempted"], ".0f"),
                 C.fmt(row["threads"], ".0f"), C.fmt(row["os_threads"], ".0f"), C.fmt(row["bg"], ".0f"),
                 C.fmt(row["own"], ".0f"),
                 C.fmt(row["kib"], ".2f"), C.fmt(row["kib_ratio"], ".2f"),
@@ -382,7 +417,8 @@ def main():
             if contender != "twisted":
                 targets.append((contender, n, row))
         print(f"## N = {n}\n")
-        print(C.table(["contender", "connect all (s)", "/ Twisted", "threads +", "kernel threads +",
+        print(C.table(["contender", "connect all (s)", "/ Twisted", "preempted while connecting",
+                       "threads +", "kernel threads +",
                        "background threads", "rcf_sync threads", "KiB/client", "/ Twisted",
                        "traced KiB/client", "/ Twisted", "idle CPU % core", "close all (s)",
                        "background threads after close",
@@ -410,7 +446,10 @@ def main():
             print(f"- {f}")
     print("\nconnect all: start() of every client then wait_connected() on each, in start order "
           "(-once: in reverse order, so the caller is woken about once) (Twisted: first "
-          "connectTCP to last connectionMade); threads +: threading.active_count() delta (under "
+          "connectTCP to last connectionMade); preempted while connecting: involuntary context "
+          "switches of the contender's threads during connect-all (the CPU taken from a runnable "
+          "thread, by the echo server woken on its CPU or any other task); threads +: "
+          "threading.active_count() delta (under "
           "gevent's patching it counts greenlet-threads); kernel threads +: /proc/self/task delta "
           "over the N clients (after the warm-up); background threads: kernel threads of the "
           "process other than the main thread, warm-up included (what the <= 8 target is judged "
