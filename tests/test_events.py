@@ -2,6 +2,8 @@
 
 import threading
 
+import pytest
+
 from rcf_sync._backends._thread import OneShotEvent
 
 
@@ -92,3 +94,37 @@ def test_a_wake_on_the_loop_waits_for_the_end_of_its_slice(no_leaks):
         assert other.is_set()
     finally:
         rt.release()
+
+
+@pytest.mark.parametrize("every, set_inside", [(0.0, True), (3600.0, False)])
+def test_wakes_gathered_in_a_long_pass_wait_for_its_end_or_the_switch_interval(
+        no_leaks, every, set_inside):
+    """If loop work wakes a waiter early in a pass of 100 jobs, then the event is set before the pass ends only when the interpreter's switch interval has passed since the last wakes were set (here: 0 s, or an hour)."""
+    from rcf_sync._backends._thread import get_runtime
+
+    rt = get_runtime()
+    event, seen, hold, held, done = OneShotEvent(), [], threading.Event(), threading.Event(), threading.Event()
+
+    def block():  # the loop waits here while the 100 jobs queue up
+        held.set()
+        hold.wait(10)
+
+    rt.acquire()
+    saved = rt._wake_every
+    try:
+        rt._wake_every = every
+        rt.post(block)
+        assert held.wait(10)
+        rt.post(rt.wake_soon, event)
+        for _ in range(98):
+            rt.post(lambda: seen.append(event.is_set()))
+        rt.post(done.set)
+        hold.set()
+        assert done.wait(10)
+        assert event.wait(10)
+    finally:
+        rt._wake_every = saved
+        rt.release()
+    assert len(seen) == 98
+    assert any(seen) is set_inside
+    assert seen[0] is False  # never in the middle of a slice

@@ -30,6 +30,7 @@ import os
 import select
 import selectors
 import socket
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
@@ -201,6 +202,8 @@ class Runtime:
             collections.deque())
         self._sleeping = False  # loop thread only (read racily by post())
         self._wakes: list[Any] = []  # loop thread only: events to set after this slice
+        self._woke_at = 0.0  # loop thread only: when _wakes was last emptied
+        self._wake_every = sys.getswitchinterval()
         self.timers = TimerQueue(time.monotonic, on_earlier=self.wake)
         # Attempt deadlines by timeout length (loop thread only; _attempt).
         self.deadlines: dict[float, Deadlines] = {}
@@ -387,7 +390,7 @@ class Runtime:
                 guard(fn, *args)
                 if i % _TIMER_CHECK_EVERY == _TIMER_CHECK_EVERY - 1:
                     self._run_due()
-            self._run_due()
+            self._run_due(True)
             if self._users <= 0:
                 for deadlines in self.deadlines.values():
                     deadlines.drop_idle_timer()
@@ -418,13 +421,21 @@ class Runtime:
             # Not kept while the loop sleeps: they hold finished attempts.
             callbacks = cb = None  # type: ignore[assignment]
 
-    def _run_due(self) -> None:
+    def _run_due(self, pass_end: bool = False) -> None:
         # A burst of work (a thousand attempts) must not make every timer due
-        # meanwhile late by the whole burst: they run between its slices,
-        # and the wake-ups the slice gathered (wake_soon) are set.
-        for call in self.timers.pop_due(time.monotonic()):
+        # meanwhile late by the whole burst: they run between its slices.
+        # The wake-ups gathered (wake_soon) are set at the end of each pass
+        # over the ready work, and within a long one once the interpreter's
+        # switch interval has passed since the last: a waiting caller is then
+        # no later than the interpreter lock would make it anyway, and a
+        # caller waiting on a thousand clients in turn is not woken (taking
+        # the lock from the loop and giving it back) every few of them.
+        now = time.monotonic()
+        for call in self.timers.pop_due(now):
             guard(call)
-        self._set_wakes()
+        if self._wakes and (pass_end or now - self._woke_at >= self._wake_every):
+            self._woke_at = now
+            self._set_wakes()
 
     def wake_soon(self, event: Any) -> None:
         """Set ``event`` now, or, on the loop, at the end of the current slice
