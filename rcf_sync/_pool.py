@@ -52,8 +52,7 @@ class ReconnectingPool(Liveness, Handle):
     ``ValueError``; drive a protocol with a ``ReconnectingClient``.
     """
 
-    __slots__ = ("_attempts", "_backoff", "_conns", "_idle", "_probe", "_probes", "_stopped",
-                 "size")
+    __slots__ = ("_attempts", "_backoff", "_conns", "_probe", "_probes", "_stopped", "size")
 
     def __init__(self, connector: Any, size: int, factory: Any = None, backend: object = "auto",
                  clock: Any = None, on_connect: Callable[[socket.socket], Any] | None = None,
