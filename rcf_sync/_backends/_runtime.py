@@ -201,7 +201,7 @@ class Runtime:
         self._ready: collections.deque[tuple[Callable[..., object], tuple[Any, ...]]] = (
             collections.deque())
         self._sleeping = False  # loop thread only (read racily by post())
-        self._wakes: list[Any] = []  # loop thread only: events to set after this slice
+        self._wakes: list[Any] = []  # loop thread only: events to set (wake_soon)
         self._woke_at = 0.0  # loop thread only: when _wakes was last emptied
         self._wake_every = sys.getswitchinterval()
         self.timers = TimerQueue(time.monotonic, on_earlier=self.wake)
@@ -438,10 +438,12 @@ class Runtime:
             self._set_wakes()
 
     def wake_soon(self, event: Any) -> None:
-        """Set ``event`` now, or, on the loop, at the end of the current slice
-        of its work: a caller waiting on each of a thousand clients in turn
-        is then woken once per slice, not once per client (each wake-up
-        takes the interpreter lock from the loop and gives it back)."""
+        """Set ``event`` now, or, on the loop, once the current pass over its
+        work ends (or, in a long pass, once the interpreter's switch interval
+        has passed since the last such wake-ups): a caller waiting on each of
+        a thousand clients in turn is then woken a few times, not once per
+        client (each wake-up takes the interpreter lock from the loop and
+        gives it back)."""
         if self.in_loop():
             self._wakes.append(event)
         else:
