@@ -2,9 +2,9 @@
 (``lease_floor.py`` times them, ``lease_instructions.py`` counts their
 instructions): not the library, each written out inline, each a step on
 the one before. Like the library's hot path they take no lock: the idle
-deque's pop and append are each one atomic step.
+list's pop and append are each one atomic step.
 
-* ``skeleton``: only the idle deque's pop and append;
+* ``skeleton``: only the idle list's pop and append;
 * ``skeleton+checks``: plus the checks the library's hot path makes
   (doomed, closed, queued callers, the socket's timeout, the owner);
 * ``skeleton+checks+gate``: plus the gate (the caller's identity and two
@@ -24,7 +24,6 @@ The steps are written out whole: a shared helper would add its own call to
 what is being measured.
 """
 
-import collections
 import socket
 import threading
 import time
@@ -144,7 +143,7 @@ Handle._give_full = _give_full
 
 
 class Skeleton:
-    """Only the idle deque's pop and append."""
+    """Only the idle list's pop and append."""
     __slots__ = ("_h", "_c")
 
     def __init__(self, h):
@@ -236,7 +235,7 @@ def skeleton_handle():
     c.owner, c.doomed, c.released_at, c.holder = IDLE, None, _now(), threading.get_ident()
     c.sock = socket.socket()
     c.session = c
-    h._idle = collections.deque([c])  # as the library's (a list would allocate per lease)
+    h._idle = [c]  # room for one, as the library's (see _handle._idle_list)
     return h
 
 
@@ -268,7 +267,7 @@ def _as_the_library(h, n):
 
 #: case: (label, run(handle, n))
 SKELETONS = {
-    "skeleton": ("skeleton: idle-deque pop and append", _with_class(Skeleton)),
+    "skeleton": ("skeleton: idle-list pop and append", _with_class(Skeleton)),
     "skeleton+checks": ("skeleton + the hot path's checks", _with_class(Checked)),
     "skeleton+checks+gate": ("skeleton + checks + the gate", _with_class(Gated)),
     "skeleton+checks+gate, made by a method":

@@ -281,7 +281,8 @@ class ClientLoop(ProtocolMode, Liveness, Handle):
         if pending is not None and pending.attempt is not None:
             pending.attempt.cancel()
         conn, self._conn = self._conn, None
-        self._idle.clear()
+        while self._idle:  # not clear(): it would free the list's room (_idle_list)
+            self._idle.pop()
         if conn is not None:
             self._drop_in_child(conn)
         if self._revive and self._state in (State.CONNECTED, State.CONNECTING):

@@ -9,9 +9,9 @@ A :class:`Connection` is, at any moment, in exactly one of the
              wait.
 ``DEAD``     out of service: closed or about to be; never handed out again.
 
-An idle connection sits in its handle's ``_idle`` deque, and taking it out of
+An idle connection sits in its handle's ``_idle`` list, and taking it out of
 that list is what claims it: a caller pops it without the handle's lock (the
-hot path of a lease: ``deque.pop()`` is one atomic step), the loop removes it
+hot path of a lease: ``list.pop()`` is one atomic step), the loop removes it
 under the lock. Whoever took it then writes ``owner``; every other change of
 ``owner`` is made under the lock. So, under the lock, a connection whose
 ``owner`` still reads ``IDLE`` but that is no longer in ``_idle`` is being

@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any, Callable
 from ._callbacks import UserCode
 
 if TYPE_CHECKING:
-    import collections
     from collections.abc import Generator
 
     from ._backends._seam import Backend, Event, Lock
@@ -101,7 +100,7 @@ class HandleParts:
         # -- under the handle's lock -----------------------------------------
         _lock: Lock
         _user_code: UserCode | None  # shares the lock; see _user
-        _idle: collections.deque[Connection]  # popped without the lock by a lease (see _connection)
+        _idle: list[Connection]  # popped without the lock by a lease (see _connection)
         _leases: LeaseQueue
         _state: State
         _closed: bool

@@ -3,7 +3,6 @@ and given back without the handle's lock; the kernel check is skipped only
 for a connection its own caller gave back an instant ago.
 Time on that path is driven by replacing its clock (``_leasing._now``)."""
 
-import collections
 import threading
 
 import pytest
@@ -244,7 +243,7 @@ def test_pool_hot_leases_stay_exclusive(kit, server, no_leaks):
         assert pool.stats.connects <= 2
 
 
-class HookedIdle(collections.deque):
+class HookedIdle(list):
     """An idle list that runs ``hook(conn)`` once, just before its next
     append: what the loop or another caller may do in the instant a lease
     ends on the hot path (the connection marked idle, not yet in the list)."""
