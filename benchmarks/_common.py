@@ -85,6 +85,25 @@ def watchdog(seconds):
     signal.alarm(max(1, int(seconds)))
 
 
+def twisted_factory(protocol_class):
+    """Twisted's ``ReconnectingClientFactory`` as the comparisons use it: quiet,
+    a 50 ms first delay (the clients' own), and ``resetDelay()`` at each
+    connection (where a Twisted user calls it; rcf_sync's client does the
+    same after ``on_connect``). Imports Twisted: call it in Twisted's child."""
+    from twisted.internet import protocol
+
+    class Factory(protocol.ReconnectingClientFactory):
+        initialDelay = 0.05
+        noisy = False
+
+        def buildProtocol(self, addr):
+            self.resetDelay()
+            return super().buildProtocol(addr)
+
+    Factory.protocol = protocol_class
+    return Factory
+
+
 # -- process and machine facts ---------------------------------------------------
 
 def raise_nofile(want=None):

@@ -122,14 +122,7 @@ def twisted_variant(address):
                 got, self.buf = self.buf[:SIZE], self.buf[SIZE:]
                 d.callback(got)
 
-    class Factory(protocol.ReconnectingClientFactory):
-        protocol = Echo
-        initialDelay = 0.05
-        noisy = False
-
-        def buildProtocol(self, addr):
-            self.resetDelay()
-            return super().buildProtocol(addr)
+    Factory = C.twisted_factory(Echo)
 
     factory = Factory()
     factory.ready = defer.Deferred()

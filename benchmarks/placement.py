@@ -100,14 +100,7 @@ def child_twisted(port, n):
                     state["mark"].write("BURST_END\n")
                 reactor.stop()
 
-    class Factory(protocol.ReconnectingClientFactory):
-        protocol = Idle
-        initialDelay = 0.05
-        noisy = False
-
-        def buildProtocol(self, addr):
-            self.resetDelay()
-            return super().buildProtocol(addr)
+    Factory = C.twisted_factory(Idle)
 
     class Warm(protocol.Protocol):
         def connectionMade(self):

@@ -171,14 +171,7 @@ def child_twisted(args):
                 out["preempted"] = C.preemptions() - state["pre0"]
                 reactor.callLater(0, measured)
 
-    class Factory(protocol.ReconnectingClientFactory):
-        protocol = Idle
-        initialDelay = 0.05
-        noisy = False
-
-        def buildProtocol(self, addr):
-            self.resetDelay()
-            return super().buildProtocol(addr)
+    Factory = C.twisted_factory(Idle)
 
     base = {}
     factories = []
