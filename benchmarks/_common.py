@@ -138,6 +138,15 @@ def open_fds():
         return 0
 
 
+def cpu_pair(parser):
+    """``--one-cpu``'s CPUs: the first two this process may run on (the
+    server's, then every contender's); ``parser.error`` with fewer."""
+    mine = sorted(os.sched_getaffinity(0))
+    if len(mine) < 2:
+        parser.error("--one-cpu needs two CPUs")
+    return mine[:2]
+
+
 def preemptions():
     """Involuntary context switches of this process's threads so far (the
     kernel took the CPU from a runnable thread): /proc's

@@ -259,12 +259,7 @@ def main():
         return
 
     rounds = max(1, min(args.rounds or (3 if args.quick else 9), 50))
-    cpus = None
-    if args.one_cpu:
-        mine = sorted(os.sched_getaffinity(0))
-        if len(mine) < 2:
-            p.error("--one-cpu needs two CPUs")
-        cpus = mine[:2]
+    cpus = C.cpu_pair(p) if args.one_cpu else None
     if args.trace and not os.access(os.path.join(TRACING, "trace_marker"), os.W_OK):
         p.error(f"--trace needs write access to {TRACING} (root, tracefs mounted)")
     C.watchdog(3600)

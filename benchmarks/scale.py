@@ -323,12 +323,7 @@ def main():
     rounds = max(1, min(args.rounds or (1 if args.quick else 3), 20))
     idle = args.idle if args.idle is not None else (2.0 if args.quick else 5.0)
     contenders = [c for c in args.contenders.split(",") if c in CONTENDERS]
-    cpus = None
-    if args.one_cpu:
-        mine = sorted(os.sched_getaffinity(0))
-        if len(mine) < 2:
-            p.error("--one-cpu needs two CPUs")
-        cpus = mine[:2]
+    cpus = C.cpu_pair(p) if args.one_cpu else None
 
     C.watchdog(3600)
     nofile = C.raise_nofile()
