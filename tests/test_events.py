@@ -1,6 +1,10 @@
 """The thread backend's one-shot event (what callers wait on)."""
 
+import subprocess
+import sys
+import textwrap
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -128,3 +132,36 @@ def test_wakes_gathered_in_a_long_pass_wait_for_its_end_or_the_switch_interval(
     assert len(seen) == 98
     assert any(seen) is set_inside
     assert seen[0] is False  # never in the middle of a slice
+
+
+def test_the_switch_interval_counts_from_when_a_wake_is_gathered():
+    """If a fresh runtime's loop gathers a wake early in a pass of 100 quick jobs and the interval is 50 ms, then the event is not set before the pass ends: the interval counts from the gathering, not from the last wakes the loop set (never, here)."""
+    code = textwrap.dedent("""
+        import threading
+        from rcf_sync._backends._thread import OneShotEvent, get_runtime
+
+        rt = get_runtime()
+        rt._wake_every = 0.05
+        event, seen, hold, held, done = (OneShotEvent(), [], threading.Event(),
+                                         threading.Event(), threading.Event())
+
+        def block():
+            held.set()
+            hold.wait(10)
+
+        rt.acquire()
+        rt.post(block)
+        assert held.wait(10)
+        rt.post(rt.wake_soon, event)
+        for _ in range(98):
+            rt.post(lambda: seen.append(event.is_set()))
+        rt.post(done.set)
+        hold.set()
+        assert done.wait(10) and event.wait(10)
+        rt.release()
+        print(sum(seen), len(seen))
+    """)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                          cwd=str(Path(__file__).resolve().parent.parent))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["0", "98"]

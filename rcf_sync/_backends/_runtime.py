@@ -202,7 +202,7 @@ class Runtime:
             collections.deque())
         self._sleeping = False  # loop thread only (read racily by post())
         self._wakes: list[Any] = []  # loop thread only: events to set (wake_soon)
-        self._woke_at = 0.0  # loop thread only: when _wakes was last emptied
+        self._wakes_due = 0.0  # loop thread only: when the oldest of _wakes is due
         self._wake_every = sys.getswitchinterval()
         self.timers = TimerQueue(time.monotonic, on_earlier=self.wake)
         # Attempt deadlines by timeout length (loop thread only; _attempt).
@@ -425,26 +425,26 @@ class Runtime:
         # A burst of work (a thousand attempts) must not make every timer due
         # meanwhile late by the whole burst: they run between its slices.
         # The wake-ups gathered (wake_soon) are set at the end of each pass
-        # over the ready work, and within a long one once the interpreter's
-        # switch interval has passed since the last: a waiting caller is then
+        # over the ready work, and within a long one once the oldest has
+        # waited the interpreter's switch interval: a waiting caller is then
         # no later than the interpreter lock would make it anyway, and a
         # caller waiting on a thousand clients in turn is not woken (taking
         # the lock from the loop and giving it back) every few of them.
         now = time.monotonic()
         for call in self.timers.pop_due(now):
             guard(call)
-        if self._wakes and (pass_end or now - self._woke_at >= self._wake_every):
-            self._woke_at = now
+        if self._wakes and (pass_end or now >= self._wakes_due):
             self._set_wakes()
 
     def wake_soon(self, event: Any) -> None:
         """Set ``event`` now, or, on the loop, once the current pass over its
-        work ends (or, in a long pass, once the interpreter's switch interval
-        has passed since the last such wake-ups): a caller waiting on each of
-        a thousand clients in turn is then woken a few times, not once per
-        client (each wake-up takes the interpreter lock from the loop and
-        gives it back)."""
+        work ends (or, in a long pass, once it has waited the interpreter's
+        switch interval): a caller waiting on each of a thousand clients in
+        turn is then woken a few times, not once per client (each wake-up
+        takes the interpreter lock from the loop and gives it back)."""
         if self.in_loop():
+            if not self._wakes:
+                self._wakes_due = time.monotonic() + self._wake_every
             self._wakes.append(event)
         else:
             event.set()
