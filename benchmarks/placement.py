@@ -160,6 +160,8 @@ def trace_read(tids, server_pid):
     _tracing(False)
     with open(os.path.join(TRACING, "trace")) as f:
         lines = f.read().splitlines()
+    with open(os.path.join(TRACING, "set_event"), "w") as f:
+        f.write("")  # leave no event enabled behind us
     last_cpu = {}  # task id -> the CPU it last ran on
     mine = set(tids)
     result = None
