@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import textwrap
 import threading
 from pathlib import Path
 
@@ -100,10 +99,10 @@ def test_a_wake_on_the_loop_waits_for_the_end_of_its_slice(no_leaks):
         rt.release()
 
 
-@pytest.mark.parametrize("every, set_inside", [(0.0, True), (3600.0, False)])
-def test_wakes_gathered_in_a_long_pass_wait_for_its_end_or_the_switch_interval(
-        no_leaks, every, set_inside):
-    """If loop work wakes a waiter early in a pass of 100 jobs, then the event is set before the pass ends only when the interpreter's switch interval has passed since the last wakes were set (here: 0 s, or an hour)."""
+def pass_seen(every):
+    """Run one pass of 100 jobs on the thread runtime's loop with the wake
+    interval at ``every`` seconds: the first gathers a wake (wake_soon), the
+    next 98 record whether it is set yet. Returns those 98 records."""
     from rcf_sync._backends._thread import get_runtime
 
     rt = get_runtime()
@@ -129,6 +128,14 @@ def test_wakes_gathered_in_a_long_pass_wait_for_its_end_or_the_switch_interval(
     finally:
         rt._wake_every = saved
         rt.release()
+    return seen
+
+
+@pytest.mark.parametrize("every, set_inside", [(0.0, True), (3600.0, False)])
+def test_wakes_gathered_in_a_long_pass_wait_for_its_end_or_the_switch_interval(
+        no_leaks, every, set_inside):
+    """If loop work wakes a waiter early in a pass of 100 jobs, then the event is set before the pass ends only once the wake has waited the interpreter's switch interval (here: 0 s, or an hour)."""
+    seen = pass_seen(every)
     assert len(seen) == 98
     assert any(seen) is set_inside
     assert seen[0] is False  # never in the middle of a slice
@@ -136,32 +143,10 @@ def test_wakes_gathered_in_a_long_pass_wait_for_its_end_or_the_switch_interval(
 
 def test_the_switch_interval_counts_from_when_a_wake_is_gathered():
     """If a fresh runtime's loop gathers a wake early in a pass of 100 quick jobs and the interval is 50 ms, then the event is not set before the pass ends: the interval counts from the gathering, not from the last wakes the loop set (never, here)."""
-    code = textwrap.dedent("""
-        import threading
-        from rcf_sync._backends._thread import OneShotEvent, get_runtime
-
-        rt = get_runtime()
-        rt._wake_every = 0.05
-        event, seen, hold, held, done = (OneShotEvent(), [], threading.Event(),
-                                         threading.Event(), threading.Event())
-
-        def block():
-            held.set()
-            hold.wait(10)
-
-        rt.acquire()
-        rt.post(block)
-        assert held.wait(10)
-        rt.post(rt.wake_soon, event)
-        for _ in range(98):
-            rt.post(lambda: seen.append(event.is_set()))
-        rt.post(done.set)
-        hold.set()
-        assert done.wait(10) and event.wait(10)
-        rt.release()
-        print(sum(seen), len(seen))
-    """)
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                          cwd=str(Path(__file__).resolve().parent.parent))
+    tests = Path(__file__).resolve().parent
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from test_events import pass_seen; "
+            "seen = pass_seen(0.05); print(sum(seen), len(seen))")
+    proc = subprocess.run([sys.executable, "-c", code, str(tests)], capture_output=True, text=True,
+                          timeout=60, cwd=str(tests.parent))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["0", "98"]
