@@ -101,14 +101,22 @@ class RunningExample:
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      cwd=str(EXAMPLES.parent))
         self._lines = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+        self._err = []
+        # Each pipe has one reader thread, its only reader until it ends: a
+        # communicate() beside them would close a pipe under them.
+        self._readers = [threading.Thread(target=self._read, daemon=True),
+                         threading.Thread(target=self._read_err, daemon=True)]
+        for reader in self._readers:
+            reader.start()
         self.seen = []
 
     def _read(self):
         for line in self.proc.stdout:
             self._lines.put(line.rstrip("\n"))
         self._lines.put(None)
+
+    def _read_err(self):
+        self._err.append(self.proc.stderr.read())
 
     def next_line(self, timeout=20):
         try:
@@ -123,12 +131,16 @@ class RunningExample:
         """Ctrl-C; return the stderr of a clean exit (status 0)."""
         self.proc.send_signal(signal.SIGINT)
         try:
-            _, err = self.proc.communicate(timeout=20)
+            self.proc.wait(timeout=20)
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()
-                self.proc.communicate()
-        self._reader.join(5)
+                self.proc.wait(10)
+            for reader in self._readers:
+                reader.join(10)
+            self.proc.stdout.close()
+            self.proc.stderr.close()
+        err = "".join(self._err)
         assert self.proc.returncode == 0, err
         assert "Warning" not in err and "Traceback" not in err, err
         return err
