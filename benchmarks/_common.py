@@ -300,15 +300,23 @@ def max_in_window(times, window):
 
 # -- child processes -------------------------------------------------------------
 
+def child_env(extra=None):
+    """The environment of a benchmark's child process: this one's, with the
+    benchmarks directory on the path, a fixed hash seed unless one is set,
+    and ``extra`` on top."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = HERE + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("PYTHONHASHSEED", "0")
+    if extra:
+        env.update(extra)
+    return env
+
+
 def run_child(args, timeout, env=None):
     """Run ``python <args>`` with the benchmarks directory on the path; return
     the JSON object printed on the last line of its standard output."""
     cmd = [sys.executable] + list(args)
-    full_env = dict(os.environ)
-    full_env["PYTHONPATH"] = HERE + os.pathsep + full_env.get("PYTHONPATH", "")
-    full_env.setdefault("PYTHONHASHSEED", "0")
-    if env:
-        full_env.update(env)
+    full_env = child_env(env)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                               env=full_env, cwd=REPO)

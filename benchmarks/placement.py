@@ -154,14 +154,20 @@ def trace_start():
     _tracing(True)
 
 
-def trace_read(tids, server_pid):
-    """What the trace says about the burst of the child whose threads are
-    ``tids``."""
+def trace_stop():
+    """Stop tracing, disable the events :func:`trace_start` enabled (they
+    stay armed otherwise) and return the trace's lines."""
     _tracing(False)
     with open(os.path.join(TRACING, "trace")) as f:
         lines = f.read().splitlines()
     with open(os.path.join(TRACING, "set_event"), "w") as f:
-        f.write("")  # leave no event enabled behind us
+        f.write("")
+    return lines
+
+
+def trace_read(lines, tids, server_pid):
+    """What the trace's ``lines`` say about the burst of the child whose
+    threads are ``tids``."""
     last_cpu = {}  # task id -> the CPU it last ran on
     mine = set(tids)
     result = None
@@ -212,25 +218,29 @@ def run_round(contender, n, cpus, trace):
     with C.ServerProcess("select") as server:
         if cpus:
             os.sched_setaffinity(server.proc.pid, {cpus[0]})
-        env = dict(os.environ, PYTHONPATH=C.HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        if trace:
-            env["RCF_PLACEMENT_TRACE"] = "1"
+        env = C.child_env({"RCF_PLACEMENT_TRACE": "1"} if trace else None)
         cmd = [sys.executable, __file__, "--child", contender, "-n", str(n),
                "--port", str(server.port)] + (["--cpu", str(cpus[1])] if cpus else [])
+        events = []
         if trace:
             trace_start()  # before the child: its markers fail while tracing is off
-        child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                 env=env, cwd=C.REPO)
         try:
-            out, err = child.communicate(timeout=120)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            out, err = child.communicate()
+            child = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, env=env, cwd=C.REPO)
+            try:
+                out, err = child.communicate(timeout=120)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                out, err = child.communicate()
+        finally:
+            if trace:
+                events = trace_stop()  # also when the child failed
         lines = [ln for ln in out.splitlines() if ln.strip()]
         if child.returncode != 0 or not lines:
             return {"error": (err or out)[-500:]}
         res = json.loads(lines[-1])
-        traced = trace_read(res.get("tids", [child.pid]), server.proc.pid) if trace else None
+        traced = (trace_read(events, res.get("tids", [child.pid]), server.proc.pid)
+                  if trace else None)
         if traced:
             res.update(traced)
         return res

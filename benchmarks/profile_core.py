@@ -509,8 +509,7 @@ def run(what, backend, n, duration, repeat=0, spy=False):
            "--duration", str(duration), "--repeat", str(repeat)]
     if server is not None:
         cmd += ["--port", str(server.port)]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = C.HERE + os.pathsep + env.get("PYTHONPATH", "")
+    env = C.child_env()
     spy_out = None
     try:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
