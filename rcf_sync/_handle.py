@@ -62,6 +62,7 @@ log = logging.getLogger("rcf_sync")
 
 _DEFAULT_HOOK_TIMEOUT = 30.0
 
+
 def _idle_list() -> list[Connection]:
     """An empty list with room for one connection. A list grown by an
     append has room for four, and a pop that empties it frees that room,
