@@ -20,8 +20,9 @@ list's pop and append are each one atomic step.
   against an ``__exit__`` without ``__enter__``, the owner check for a
   forked child, the queue's tickets read through it.
 
-The steps are written out whole: a shared helper would add its own call to
-what is being measured.
+Each is built as the library builds its lease: ``object.__new__`` and a
+store, with no ``__init__`` to run. The steps are written out whole: a
+shared helper would add its own call to what is being measured.
 """
 
 import socket
@@ -30,6 +31,7 @@ import time
 
 IDLE, LEASED = object(), object()
 _now = time.monotonic
+_new = object.__new__
 WINDOW = 10.0  # the gate's window: every lease here comes straight back
 
 
@@ -46,10 +48,14 @@ class Handle:
                  "_caller_thread", "_tell_watch", "_leases")
 
     def connection(self):
-        return Gated(self)
+        lease = _new(Gated)
+        lease._h = self
+        return lease
 
     def layered(self):
-        return Layered(self)
+        lease = _new(Layered)
+        lease._h = self
+        return lease
 
     def _take(self):
         idle = self._idle
@@ -76,10 +82,6 @@ class Full:
     docstring); what it lacks of the library is only the code behind them."""
     __slots__ = ("_h", "_timeout", "_c")
 
-    def __init__(self, h, timeout):
-        self._h = h
-        self._timeout = timeout
-
     def __enter__(self):
         h = self._h
         self._c = conn = h._take_full() or _usual(h)
@@ -100,7 +102,11 @@ def _usual(h):
 def _full_lease(h, timeout=None):
     if h._proto_mode:
         raise RuntimeError
-    return Full(h, None if timeout is None else float(timeout))
+    lease = _new(Full)
+    lease._h = h
+    if timeout is not None:
+        lease._timeout = float(timeout)
+    return lease
 
 
 def _take_full(h):
@@ -145,9 +151,6 @@ Handle._give_full = _give_full
 class Skeleton:
     """Only the idle list's pop and append."""
     __slots__ = ("_h", "_c")
-
-    def __init__(self, h):
-        self._h = h
 
     def __enter__(self):
         conn = self._c = self._h._idle.pop()
@@ -242,7 +245,9 @@ def skeleton_handle():
 def _with_class(cls):
     def run(h, n):
         for _ in range(n):
-            with cls(h):
+            lease = _new(cls)
+            lease._h = h
+            with lease:
                 pass
     return run
 

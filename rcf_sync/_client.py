@@ -255,8 +255,8 @@ class ReconnectingClient(ClientLoop):
     # -- caller side -----------------------------------------------------------
 
     def _lease_until(self, deadline: float | None) -> _StreamLease:
-        return _StreamLease(self, None if deadline is None
-                            else max(0.0, deadline - time.monotonic()))
+        return _StreamLease._make(self, None if deadline is None
+                                  else max(0.0, deadline - time.monotonic()))
 
     def _still_ours_locked(self, conn: Connection) -> bool:
         return self._conn is conn

@@ -39,6 +39,7 @@ from ._timeouts import _check_lost_on, _check_timeout, _deadline, _remaining
 __all__ = ["Leasing", "RECHECK_AFTER"]
 
 R = TypeVar("R")
+L = TypeVar("L", bound="_Lease")
 
 # A connection given back by the same caller less than this many seconds ago
 # is leased to it again without the kernel check. Wide enough for the gap of
@@ -46,18 +47,27 @@ R = TypeVar("R")
 # narrower than any lease that waits for a reply.
 RECHECK_AFTER = 20e-6
 _now = time.monotonic
+_new_lease = object.__new__
 
 
 class _Lease:
     """What ``connection()`` returns: a context manager lending the
     connection to one caller."""
 
+    # Made by _new_lease() and given _handle, and _timeout when there is
+    # one (checked by the caller): no __init__ to run on the hot path.
     __slots__ = ("_handle", "_timeout", "_conn")
+    _handle: Leasing
+    _timeout: float | None  # unset when there is none
+    _conn: Connection  # set by __enter__ (what __exit__ gives back)
 
-    def __init__(self, handle: Leasing, timeout: float | None) -> None:
-        self._handle = handle
-        self._timeout = timeout  # checked by the caller
-        # _conn: set by __enter__ (what __exit__ gives back)
+    @classmethod
+    def _make(cls: type[L], handle: Leasing, timeout: float | None) -> L:
+        lease = _new_lease(cls)
+        lease._handle = handle
+        if timeout is not None:
+            lease._timeout = timeout
+        return lease
 
     def __enter__(self) -> Any:
         handle = self._handle
@@ -73,7 +83,7 @@ class _Lease:
         self._handle._release(conn, exc)  # raises ConnectionLost, or lets exc through
 
     def _deadline(self) -> float | None:
-        timeout = self._timeout
+        timeout = getattr(self, "_timeout", None)  # unset: none given
         return None if timeout is None else time.monotonic() + timeout
 
 
@@ -112,7 +122,12 @@ class Leasing(HandleParts):
         ``GaveUp`` and ``ClientClosed``. Thread-safe."""
         if self._proto_mode:
             self._refuse_socket("connection()")
-        return _Lease(self, None if timeout is None else _check_timeout(timeout))
+        # _Lease._make(), written out: a call of its own costs the hot path.
+        lease = _new_lease(_Lease)
+        lease._handle = self
+        if timeout is not None:
+            lease._timeout = _check_timeout(timeout)
+        return lease
 
     def call(self, fn: Callable[..., R], *args: Any, attempts: int | None = None,
              timeout: float | None = None, lost_on: object = (), **kwargs: Any) -> R:
