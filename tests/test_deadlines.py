@@ -1,14 +1,16 @@
 """Attempts at scale: the thread backend's deadlines share one timer per
-timeout length, and no attempt leaves a reference cycle behind."""
+timeout length, the connects started in one slice of the loop's work begin
+together at its end, and no attempt leaves a reference cycle behind."""
 
 import collections
 import gc
 import socket
+import threading
 
 from conftest import echo
 
 from rcf_sync import ReconnectingClient, ReconnectingClientFactory, State, TCPConnector
-from rcf_sync._backends._attempt import Deadlines
+from rcf_sync._backends._attempt import Connect, Deadlines
 from rcf_sync._backends._thread import get_runtime
 
 
@@ -190,3 +192,83 @@ def test_connections_lost_and_remade_leave_no_cyclic_garbage(kit, server, no_lea
     ours = [o for o in garbage if type(o).__module__.startswith("rcf_sync")
             or isinstance(o, (ConnectionError, socket.socket))]
     assert ours == [], collections.Counter(type(o).__name__ for o in ours).most_common(8)
+
+
+def _in_one_slice(rt, *jobs):
+    """Post ``jobs`` while the loop is held, so that it runs them in one
+    slice of its work."""
+    hold, held = threading.Event(), threading.Event()
+
+    def block():
+        held.set()
+        hold.wait(10)
+
+    rt.post(block)
+    assert held.wait(10)
+    for job in jobs:
+        rt.post(job)
+    hold.set()
+
+
+class _Begun:
+    """Stands for a connect: records when the runtime begins it."""
+
+    def __init__(self, name, order, last=None):
+        self.name, self.order, self.last = name, order, last
+
+    def begin(self):
+        self.order.append(("begin", self.name))
+        if self.last is not None:
+            self.last.set()
+
+
+def test_connects_started_in_one_slice_begin_together_at_its_end(no_leaks):
+    """If three jobs in one slice of the loop's work each start a connect, then all three jobs run before the first connect begins, and the connects begin in the order they were started."""
+    rt = get_runtime()
+    order, last = [], threading.Event()
+
+    def job(i):
+        def run():
+            order.append(("job", i))
+            rt.connect_soon(_Begun(i, order, last if i == 2 else None))
+        return run
+
+    rt.acquire()
+    try:
+        _in_one_slice(rt, job(0), job(1), job(2))
+        assert last.wait(10)
+    finally:
+        rt.release()
+    assert order == [("job", 0), ("job", 1), ("job", 2),
+                     ("begin", 0), ("begin", 1), ("begin", 2)]
+
+
+def test_a_direct_connect_cancelled_in_the_slice_that_started_it_opens_no_socket(
+        free_port, no_leaks):
+    """If a direct connect is started and then cancelled in the same slice of the loop's work, then it never opens a socket and never delivers."""
+    rt = get_runtime()
+    opened, delivered, order, last = [], [], [], threading.Event()
+
+    class Recording(TCPConnector):
+        def _open_direct(self, address):
+            opened.append(address)
+            return super()._open_direct(address)
+
+    connector = Recording("127.0.0.1", free_port)
+    address = connector._direct_address()
+    assert address is not None
+
+    def start_and_cancel():
+        attempt = Connect(rt, connector, address, None, lambda sock, exc: delivered.append(exc))
+        attempt.start()
+        order.append(("opened when started", len(opened)))
+        attempt.cancel()
+
+    rt.acquire()
+    try:
+        _in_one_slice(rt, start_and_cancel, lambda: rt.connect_soon(_Begun("marker", order, last)))
+        assert last.wait(10)
+    finally:
+        rt.release()
+    assert order == [("opened when started", 0), ("begin", "marker")]
+    assert opened == [] and delivered == []

@@ -252,6 +252,13 @@ class Connect(Attempt):
         self._sock: socket.socket | None = None  # until delivered or closed
 
     def start(self) -> None:
+        self._rt.connect_soon(self)  # begun with the others of this slice
+
+    def begin(self) -> None:
+        """The runtime's: open the socket and begin the connect, unless the
+        attempt was cancelled or timed out since it started."""
+        if self._done:
+            return
         try:
             sock, err = self._connector._open_direct(self._address)
         except BaseException as exc:

@@ -204,6 +204,7 @@ class Runtime:
         self._wakes: list[Any] = []  # loop thread only: events to set (wake_soon)
         self._wakes_due = 0.0  # loop thread only: when the oldest of _wakes is due
         self._wake_every = sys.getswitchinterval()
+        self._connects: list[Any] = []  # loop thread only: connects to begin (connect_soon)
         self.timers = TimerQueue(time.monotonic, on_earlier=self.wake)
         # Attempt deadlines by timeout length (loop thread only; _attempt).
         self.deadlines: dict[float, Deadlines] = {}
@@ -288,6 +289,7 @@ class Runtime:
         self._thread = None
         self._ready = collections.deque()
         self._wakes = []
+        self._connects = []  # the parent's, not begun: they hold no socket
         self.timers.reset_lock()
         self.workers.reset_after_fork()
 
@@ -433,8 +435,26 @@ class Runtime:
         now = time.monotonic()
         for call in self.timers.pop_due(now):
             guard(call)
+        if self._connects:
+            self._begin_connects()
         if self._wakes and (pass_end or now >= self._wakes_due):
             self._set_wakes()
+
+    def connect_soon(self, attempt: Any) -> None:
+        """Loop: call ``attempt.begin()`` with the other connects started in
+        this slice of the loop's work, once it ends. A connect on loopback
+        runs the handshake inside ``connect()`` and wakes the server. Begun
+        back to back, the connects find the server still accepting the one
+        before; spread out by each attempt's own work, they find it asleep
+        each time, and waking it on another CPU can cost the connecting
+        thread more than the connect itself (three times as much on the VM
+        of ``benchmarks/RESULTS.md``)."""
+        self._connects.append(attempt)
+
+    def _begin_connects(self) -> None:
+        connects, self._connects = self._connects, []
+        for attempt in connects:
+            guard(attempt.begin)
 
     def wake_soon(self, event: Any) -> None:
         """Set ``event`` now, or, on the loop, once the current pass over its
