@@ -218,12 +218,15 @@ class _Begun:
 
     def begin(self):
         self.order.append(("begin", self.name))
+
+    def watch(self):
+        self.order.append(("watch", self.name))
         if self.last is not None:
             self.last.set()
 
 
 def test_connects_started_in_one_slice_begin_together_at_its_end(no_leaks):
-    """If three jobs in one slice of the loop's work each start a connect, then all three jobs run before the first connect begins, and the connects begin in the order they were started."""
+    """If three jobs in one slice of the loop's work each start a connect, then all three jobs run before the first connect begins, the connects begin in the order they were started, one after the other, and only then are they watched."""
     rt = get_runtime()
     order, last = [], threading.Event()
 
@@ -240,7 +243,8 @@ def test_connects_started_in_one_slice_begin_together_at_its_end(no_leaks):
     finally:
         rt.release()
     assert order == [("job", 0), ("job", 1), ("job", 2),
-                     ("begin", 0), ("begin", 1), ("begin", 2)]
+                     ("begin", 0), ("begin", 1), ("begin", 2),
+                     ("watch", 0), ("watch", 1), ("watch", 2)]
 
 
 def test_a_direct_connect_cancelled_in_the_slice_that_started_it_opens_no_socket(
@@ -270,5 +274,5 @@ def test_a_direct_connect_cancelled_in_the_slice_that_started_it_opens_no_socket
         assert last.wait(10)
     finally:
         rt.release()
-    assert order == [("opened when started", 0), ("begin", "marker")]
+    assert order == [("opened when started", 0), ("begin", "marker"), ("watch", "marker")]
     assert opened == [] and delivered == []

@@ -241,7 +241,8 @@ class Connect(Attempt):
     followed by the handle's ``Adopt`` step, through the connector's own
     methods, and ends the same ways; it only skips the interpreter."""
 
-    __slots__ = ("_connector", "_address", "_sock")
+    __slots__ = ("_connector", "_address", "_sock", "_err")
+    _err: int  # connect_ex's, set by begin()
 
     def __init__(self, runtime: Runtime, connector: _SocketConnector, address: _Address,
                  timeout: float | None,
@@ -260,16 +261,21 @@ class Connect(Attempt):
         if self._done:
             return
         try:
-            sock, err = self._connector._open_direct(self._address)
+            self._sock, self._err = self._connector._open_direct(self._address)
         except BaseException as exc:
             self._fail(exc)
+
+    def watch(self) -> None:
+        """The runtime's, after :meth:`begin`: wait for the connect to end,
+        or end the attempt if it already has."""
+        sock = self._sock
+        if self._done or sock is None:
             return
-        self._sock = sock
-        if err in _IN_PROGRESS:
+        if self._err in _IN_PROGRESS:
             self._waiting_on = sock
             self._rt.arm(sock, WRITE, self._resume)
         else:
-            self._connect_ended(sock, err)
+            self._connect_ended(sock, self._err)
 
     def _resume(self) -> None:
         self._waiting_on = None

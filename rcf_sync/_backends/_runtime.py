@@ -442,7 +442,8 @@ class Runtime:
 
     def connect_soon(self, attempt: Any) -> None:
         """Loop: call ``attempt.begin()`` with the other connects started in
-        this slice of the loop's work, once it ends. A connect on loopback
+        this slice of the loop's work, once it ends, one after the other,
+        then ``attempt.watch()`` of each. A connect on loopback
         runs the handshake inside ``connect()`` and wakes the server. Begun
         back to back, the connects find the server still accepting the one
         before; spread out by each attempt's own work, they find it asleep
@@ -455,6 +456,8 @@ class Runtime:
         connects, self._connects = self._connects, []
         for attempt in connects:
             guard(attempt.begin)
+        for attempt in connects:
+            guard(attempt.watch)
 
     def wake_soon(self, event: Any) -> None:
         """Set ``event`` now, or, on the loop, once the current pass over its
