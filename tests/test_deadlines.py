@@ -1,12 +1,14 @@
 """Attempts at scale: the thread backend's deadlines share one timer per
-timeout length, the connects started in one slice of the loop's work begin
-together at its end, and no attempt leaves a reference cycle behind."""
+timeout length, the direct connects started in one slice of the loop's work
+(on gevent, one turn of the hub) begin together after it, and no attempt
+leaves a reference cycle behind."""
 
 import collections
 import gc
 import socket
 import threading
 
+import pytest
 from conftest import echo
 
 from rcf_sync import ReconnectingClient, ReconnectingClientFactory, State, TCPConnector
@@ -276,3 +278,38 @@ def test_a_direct_connect_cancelled_in_the_slice_that_started_it_opens_no_socket
         rt.release()
     assert order == [("opened when started", 0), ("begin", "marker"), ("watch", "marker")]
     assert opened == [] and delivered == []
+
+
+def test_gevent_direct_connects_of_one_turn_of_the_hub_begin_after_it(free_port, no_leaks):
+    """If, on the gevent backend, one callback of the hub starts two direct connects and cancels the second, then neither has opened a socket when the callback returns, the first is begun afterwards (and refused), and the cancelled one never opens a socket or delivers."""
+    gevent = pytest.importorskip("gevent")
+    from rcf_sync._backends._gevent import shared_backend
+
+    backend = shared_backend()
+    opened, seen, delivered, done = [], [], [], gevent.event.Event()
+
+    class Recording(TCPConnector):
+        def _open_direct(self, address):
+            opened.append(address)
+            return super()._open_direct(address)
+
+    connector = Recording("127.0.0.1", free_port)
+    address = connector._direct_address()
+    assert address is not None
+
+    def deliver(name):
+        def run(sock, exc):
+            delivered.append((name, sock, type(exc)))
+            done.set()
+        return run
+
+    def turn():
+        backend.connect_direct(connector, address, None, deliver("first"))
+        backend.connect_direct(connector, address, None, deliver("second")).cancel()
+        seen.append(len(opened))
+
+    backend._hub.loop.run_callback(turn)
+    assert done.wait(10)
+    assert seen == [0]
+    assert opened == [address]
+    assert delivered == [("first", None, ConnectionRefusedError)]

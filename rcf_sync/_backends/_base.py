@@ -198,6 +198,22 @@ def delivered(sock: object, exc: BaseException | None) -> None:
     attempt (a cycle per attempt otherwise)."""
 
 
+def begin_connects(connects: list[Any]) -> None:
+    """Begin each of ``connects`` (direct connects started in one turn of a
+    backend's loop), one after the other, then let each wait for its end.
+
+    A connect on loopback runs the handshake inside ``connect()`` and wakes
+    the server. Begun back to back, the connects find the server still
+    accepting the one before; spread out by each attempt's own work, they
+    find it asleep each time, and waking it on another CPU can cost the
+    connecting thread more than the connect itself (three times as much on
+    the VM of ``benchmarks/RESULTS.md``)."""
+    for attempt in connects:
+        guard(attempt.begin)
+    for attempt in connects:
+        guard(attempt.watch)
+
+
 def deliver_once(attempt: Any, sock: object, exc: BaseException | None) -> None:
     """Hand an ended attempt's outcome to its ``_deliver``, leaving no cycle
     to the garbage collector (a herd ends thousands a second; full

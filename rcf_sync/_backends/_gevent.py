@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - exercised without gevent only
 
 from .._connectors import _IN_PROGRESS
 from .._steps import TLS, Adopt, Readable, Resolve, UserCall, Writable
-from ._base import deliver_once, delivered, guard, socket_is_patched
+from ._base import begin_connects, deliver_once, delivered, guard, socket_is_patched
 from ._gevent_clock import GeventClock, _get_ident, _RealLock
 
 if TYPE_CHECKING:
@@ -220,7 +220,8 @@ class _Connect:
     same ways. Everything here runs in the hub."""
 
     __slots__ = ("_backend", "_connector", "_address", "_timeout", "_deliver", "_sock",
-                 "_watchers")
+                 "_err", "_watchers")
+    _err: int  # connect_ex's, set by begin()
 
     def __init__(self, backend: GeventBackend, connector: _SocketConnector, address: _Address,
                  timeout: float | None,
@@ -233,16 +234,25 @@ class _Connect:
         self._sock: socket.socket | None = None  # until delivered or closed
         self._watchers: tuple[Any, ...] = ()      # the write watcher, and the deadline's timer
 
-    def start(self) -> None:
+    def begin(self) -> None:
+        """The backend's (``begin_connects``): open the socket and begin the
+        connect, unless the attempt was cancelled since it started."""
+        if self._deliver is delivered:
+            return
         try:
-            sock, err = self._connector._open_direct(self._address)
+            self._sock, self._err = self._connector._open_direct(self._address)
         except BaseException as exc:
             self._fail(exc)
+
+    def watch(self) -> None:
+        """The backend's, after :meth:`begin`: wait for the connect to end,
+        or end the attempt if it already has."""
+        if self._sock is None or self._deliver is delivered:
             return
-        self._sock = sock
-        if err not in _IN_PROGRESS:
-            self._ended(err)
+        if self._err not in _IN_PROGRESS:
+            self._ended(self._err)
             return
+        sock = self._sock
         loop = self._backend._hub.loop
         writable = loop.io(sock.fileno(), 2)
         writable.start(guard, self._resume)
@@ -367,6 +377,7 @@ class GeventBackend:
         self.caller_thread = self._hub_thread = _get_ident()
         self.clock = GeventClock(hub, self._hub_thread)
         self._dying: weakref.WeakSet[Any] = weakref.WeakSet()  # greenlets killed, maybe not dead yet
+        self._connects: list[_Connect] = []  # hub only: direct connects not yet begun
 
     def settle(self, timeout: float) -> None:
         """Wait (cooperatively, up to ``timeout``) for the greenlets we
@@ -425,8 +436,15 @@ class GeventBackend:
         and no user code runs: the same calls on two hub watchers, with no
         greenlet; ``deliver`` runs in the hub."""
         attempt = _Connect(self, connector, address, timeout, deliver)
-        attempt.start()
+        connects = self._connects
+        connects.append(attempt)
+        if len(connects) == 1:  # begun with the others of this turn of the hub
+            self._hub.loop.run_callback(guard, self._begin_connects)
         return attempt
+
+    def _begin_connects(self) -> None:
+        connects, self._connects = self._connects, []
+        begin_connects(connects)
 
     def run_blocking(self, fn: Callable[..., Any], args: tuple[Any, ...], deliver: Deliver,
                      threaded: bool = False) -> _Job:

@@ -36,7 +36,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable
 
 from .._timers import TimerQueue
-from ._base import after_fork_in_child, guard
+from ._base import after_fork_in_child, begin_connects, guard
 from ._workers import WorkerPool
 
 if TYPE_CHECKING:
@@ -441,23 +441,14 @@ class Runtime:
             self._set_wakes()
 
     def connect_soon(self, attempt: Any) -> None:
-        """Loop: call ``attempt.begin()`` with the other connects started in
-        this slice of the loop's work, once it ends, one after the other,
-        then ``attempt.watch()`` of each. A connect on loopback
-        runs the handshake inside ``connect()`` and wakes the server. Begun
-        back to back, the connects find the server still accepting the one
-        before; spread out by each attempt's own work, they find it asleep
-        each time, and waking it on another CPU can cost the connecting
-        thread more than the connect itself (three times as much on the VM
-        of ``benchmarks/RESULTS.md``)."""
+        """Loop: begin ``attempt`` (``begin()``, then ``watch()``) with the
+        other connects started in this slice of the loop's work, once it
+        ends (see ``_base.begin_connects``)."""
         self._connects.append(attempt)
 
     def _begin_connects(self) -> None:
         connects, self._connects = self._connects, []
-        for attempt in connects:
-            guard(attempt.begin)
-        for attempt in connects:
-            guard(attempt.watch)
+        begin_connects(connects)
 
     def wake_soon(self, event: Any) -> None:
         """Set ``event`` now, or, on the loop, once the current pass over its
