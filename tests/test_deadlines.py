@@ -249,20 +249,27 @@ def test_connects_started_in_one_slice_begin_together_at_its_end(no_leaks):
                      ("watch", 0), ("watch", 1), ("watch", 2)]
 
 
-def test_a_direct_connect_cancelled_in_the_slice_that_started_it_opens_no_socket(
-        free_port, no_leaks):
-    """If a direct connect is started and then cancelled in the same slice of the loop's work, then it never opens a socket and never delivers."""
-    rt = get_runtime()
-    opened, delivered, order, last = [], [], [], threading.Event()
+def _recording_connector(port, opened):
+    """A TCP connector to ``port`` whose direct connects append their
+    address to ``opened`` as they open their socket; and that address."""
 
     class Recording(TCPConnector):
         def _open_direct(self, address):
             opened.append(address)
             return super()._open_direct(address)
 
-    connector = Recording("127.0.0.1", free_port)
+    connector = Recording("127.0.0.1", port)
     address = connector._direct_address()
     assert address is not None
+    return connector, address
+
+
+def test_a_direct_connect_cancelled_in_the_slice_that_started_it_opens_no_socket(
+        free_port, no_leaks):
+    """If a direct connect is started and then cancelled in the same slice of the loop's work, then it never opens a socket and never delivers."""
+    rt = get_runtime()
+    opened, delivered, order, last = [], [], [], threading.Event()
+    connector, address = _recording_connector(free_port, opened)
 
     def start_and_cancel():
         attempt = Connect(rt, connector, address, None, lambda sock, exc: delivered.append(exc))
@@ -287,15 +294,7 @@ def test_gevent_direct_connects_of_one_turn_of_the_hub_begin_after_it(free_port,
 
     backend = shared_backend()
     opened, seen, delivered, done = [], [], [], gevent.event.Event()
-
-    class Recording(TCPConnector):
-        def _open_direct(self, address):
-            opened.append(address)
-            return super()._open_direct(address)
-
-    connector = Recording("127.0.0.1", free_port)
-    address = connector._direct_address()
-    assert address is not None
+    connector, address = _recording_connector(free_port, opened)
 
     def deliver(name):
         def run(sock, exc):
